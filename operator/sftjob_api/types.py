@@ -1,0 +1,908 @@
+"""The SFTJob resource: spec and status, the single source of truth of the API.
+
+The CRD (`crds/sftjob.yaml`), the reference docs (`docs/sftjob-reference.md`), the operator
+and the trainer all read these types. Defaults follow established SFT practice: learning rate
+~2e-4 for adapters and 1e-5..5e-5 for full fine-tuning, a global batch of 8-32, 3 epochs for
+small data, cosine decay with 3% warmup and weight decay 0.01.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from sftjob_api.base import MAX_NAME, ApiModel, CelRule, ModelUri, Name, StorageUri, Text, check_storage_uri, pattern_str
+
+GROUP = "sftjob.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "SFTJob"
+PLURAL = "sftjobs"
+SINGULAR = "sftjob"
+SHORT_NAMES = ("sft",)
+
+# The SFTJob name becomes the `sftjob.dev/name` label on every child; label values are at most 63.
+MAX_JOB_NAME = 63
+# Attempts and checkpoints kept in status; older entries are dropped (the status must stay small).
+MAX_HISTORY = 10
+
+# Kubernetes resource quantity, e.g. "32Gi", "500M", "1.5".
+Quantity = pattern_str(
+    r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$", "a Kubernetes quantity such as 32Gi or 500M", 32
+)
+DnsLabel = pattern_str(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+    "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
+    MAX_JOB_NAME,
+)
+_JINJA = re.compile(r"\{[{%#]")
+NAMED_CHAT_TEMPLATES = ("chatml", "llama3", "zephyr")
+
+
+class SecretReference(ApiModel):
+    """A Secret in the SFTJob's namespace whose keys are exposed to the trainer as environment variables."""
+
+    name: Name
+    """Name of the Secret. Its keys become environment variables of the trainer pods (e.g.
+    `HF_TOKEN`, `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_ENDPOINT_URL`). Values are never
+    copied into the RayJob, status, events or logs."""
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+
+class ModelSpec(ApiModel):
+    """The base model to fine-tune."""
+
+    source: ModelUri
+    """Where the base model is: `hf://org/name[@revision]` (Hugging Face Hub), `s3://bucket/prefix`
+    (a directory written by `save_pretrained`), or a filesystem path visible to the trainer."""
+
+    revision: Name | None = None
+    """Hub revision (branch, tag or commit). Overrides an `@revision` suffix on `source`."""
+
+    secret_ref: SecretReference | None = None
+    """Secret with credentials to read the model (`HF_TOKEN` or AWS keys)."""
+
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model repository. Off by default: it executes arbitrary code."""
+
+    allow_unsafe_weights: bool = False
+    """Load pickle-based weights (`*.bin`, `*.pt`). Off by default: only safetensors are loaded,
+    since unpickling can execute arbitrary code."""
+
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
+    """Precision the base weights are loaded in. `auto`: bfloat16 on GPUs that support it, else float32."""
+
+
+# -------------------------------------------------------------------------------------------- dataset
+
+
+class DataSource(ApiModel):
+    """A dataset file."""
+
+    uri: StorageUri
+    """`s3://bucket/key` or a filesystem path of the file."""
+
+    format: Literal["auto", "jsonl", "json", "parquet", "csv"] = "auto"
+    """File format. `auto` uses the file extension (`.jsonl`, `.json`, `.parquet`, `.csv`)."""
+
+
+class DatasetSpec(ApiModel):
+    """The instruction/response data and how it becomes token sequences."""
+
+    cel_rules = (
+        CelRule(
+            rule="!(has(self.validation) && has(self.validationSplit))",
+            message="set either validation or validationSplit, not both",
+            field_path=".validationSplit",
+        ),
+    )
+
+    train: DataSource
+    """The training file."""
+
+    validation: DataSource | None = None
+    """A held-out file. Mutually exclusive with `validationSplit`."""
+
+    validation_split: float | None = Field(default=None, gt=0, lt=0.5)
+    """Fraction of the training rows held out for validation (split with `hyperparameters.seed`).
+    Mutually exclusive with `validation`. Neither set: no evaluation."""
+
+    data_schema: Literal["auto", "prompt_completion", "messages", "alpaca", "sharegpt", "text"] = Field(
+        default="auto", alias="schema"
+    )
+    """Row layout. `auto` detects it from the columns: `prompt`+`completion` (or `response`),
+    `messages`, `instruction`+`output` (Alpaca), `conversations` (ShareGPT) or `text`."""
+
+    column_map: dict[str, Name] = Field(default_factory=dict, max_length=32)
+    """Renames applied to every row before the schema is detected: `{fileColumn: expectedColumn}`."""
+
+    chat_template: Text = "auto"
+    """`auto` (the tokenizer's own template, else ChatML), a named template (`chatml`, `llama3`,
+    `zephyr`), or an inline Jinja template."""
+
+    train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
+    """Which tokens carry loss: every assistant turn (`assistant`), only the last assistant turn
+    (`last_assistant`), or every token (`all`). The end-of-turn token after a trained turn is trained."""
+
+    max_seq_length: int | Literal["auto"] = Field(
+        default="auto",
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "type(self) == string ? self == 'auto' : self >= 16",
+                    "message": "must be 'auto' or an integer of at least 16",
+                }
+            ]
+        },
+    )
+    """Longest example in tokens. `auto`: the 99th percentile of the token lengths, capped at the model's limit."""
+
+    overlong: Literal["truncate_prompt", "drop"] = "truncate_prompt"
+    """What happens to an example longer than `maxSeqLength`: cut from the start of the prompt
+    (`truncate_prompt`) or `drop` it. Both are counted and reported."""
+
+    max_dropped_fraction: float = Field(default=0.1, ge=0, le=1)
+    """Preflight fails when more than this fraction of rows is dropped or truncated."""
+
+    packing: bool = True
+    """Pack examples into padding-free sequences whose attention never crosses example boundaries.
+    When false, batches are length-grouped and padded."""
+
+    dedup: bool = True
+    """Drop exact duplicate rows (after whitespace and case normalisation)."""
+
+    secret_ref: SecretReference | None = None
+    """Secret with credentials to read the data (AWS keys, `AWS_ENDPOINT_URL`)."""
+
+    @field_validator("max_seq_length")
+    @classmethod
+    def _seq_length_floor(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 16:
+            raise ValueError("must be 'auto' or an integer of at least 16")
+        return value
+
+    @field_validator("chat_template")
+    @classmethod
+    def _known_template(cls, value: str) -> str:
+        if value == "auto" or value in NAMED_CHAT_TEMPLATES or _JINJA.search(value):
+            return value
+        raise ValueError(
+            f"'{value}' is neither 'auto', a named template ({', '.join(NAMED_CHAT_TEMPLATES)}) nor Jinja"
+        )
+
+    @model_validator(mode="after")
+    def _one_validation_source(self) -> DatasetSpec:
+        if self.validation is not None and self.validation_split is not None:
+            raise ValueError("validationSplit: set either validation or validationSplit, not both")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- method
+
+
+class LoraSpec(ApiModel):
+    """Low-rank adapter settings (LoRA and QLoRA)."""
+
+    r: int = Field(default=16, ge=1, le=1024)
+    """Rank of the adapter matrices."""
+
+    alpha: int = Field(default=32, ge=1)
+    """Scaling numerator; the update is scaled by alpha/r (alpha/sqrt(r) with rsLoRA)."""
+
+    dropout: float = Field(default=0.05, ge=0, lt=1)
+    """Dropout on the adapter input."""
+
+    target_modules: list[Name] = Field(default_factory=lambda: ["all-linear"], min_length=1, max_length=64)
+    """Module names to adapt, or `all-linear` for every linear layer except the output head."""
+
+    use_dora: bool = False
+    """Weight-decomposed LoRA (DoRA)."""
+
+    use_rslora: bool = False
+    """Rank-stabilised scaling alpha/sqrt(r)."""
+
+
+class QuantizationSpec(ApiModel):
+    """4-bit quantisation of the frozen base for QLoRA (bitsandbytes; needs a CUDA GPU)."""
+
+    bits: Literal[4] = 4
+    """Bits per base weight."""
+
+    quant_type: Literal["nf4", "fp4"] = "nf4"
+    """4-bit data type; NF4 is the QLoRA paper's choice."""
+
+    double_quant: bool = True
+    """Also quantise the quantisation constants (saves ~0.4 bit per weight)."""
+
+
+class FreezeSpec(ApiModel):
+    """Layer freezing: train only the top transformer blocks."""
+
+    trainable_layers: int = Field(ge=1)
+    """How many of the top transformer blocks are trained; all lower blocks stay frozen."""
+
+    train_embeddings: bool = False
+    """Also train the input embeddings and the output head."""
+
+
+class PromptTuningSpec(ApiModel):
+    """Prompt tuning: learned virtual tokens prepended to every input; the model stays frozen."""
+
+    num_virtual_tokens: int = Field(default=20, ge=1, le=512)
+    """Number of learned virtual tokens."""
+
+    init_text: Text | None = None
+    """Initialise the virtual tokens from this text's embeddings (random when unset)."""
+
+
+class MethodSpec(ApiModel):
+    """The fine-tuning method."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.type != 'qlora' || has(self.quantization)",
+            message="qlora needs quantization",
+            field_path=".quantization",
+        ),
+        CelRule(
+            rule="self.type == 'qlora' || !has(self.quantization)",
+            message="quantization applies only to type qlora",
+            field_path=".quantization",
+        ),
+        CelRule(
+            rule="self.type != 'freeze' || has(self.freeze)",
+            message="type freeze needs freeze.trainableLayers",
+            field_path=".freeze",
+        ),
+    )
+
+    type: Literal["lora", "qlora", "full", "freeze", "prompt_tuning"] = "lora"
+    """`lora`, `qlora` (LoRA over a 4-bit base), `full` (every weight), `freeze` (only the top N
+    blocks), or `prompt_tuning` (learned virtual tokens)."""
+
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    """Adapter settings for `lora` and `qlora`."""
+
+    quantization: QuantizationSpec | None = None
+    """Base quantisation; required for `qlora`, rejected for the other types."""
+
+    freeze: FreezeSpec | None = None
+    """Which blocks train; required for `freeze`."""
+
+    prompt_tuning: PromptTuningSpec = Field(default_factory=PromptTuningSpec)
+    """Virtual-token settings for `prompt_tuning`."""
+
+    @model_validator(mode="after")
+    def _method_sections(self) -> MethodSpec:
+        if self.type == "qlora" and self.quantization is None:
+            raise ValueError("quantization: qlora needs quantization (e.g. {bits: 4, quantType: nf4})")
+        if self.type != "qlora" and self.quantization is not None:
+            raise ValueError("quantization: applies only to type qlora")
+        if self.type == "freeze" and self.freeze is None:
+            raise ValueError("freeze: type freeze needs freeze.trainableLayers")
+        return self
+
+
+# ------------------------------------------------------------------------------------ hyperparameters
+
+
+class EarlyStoppingSpec(ApiModel):
+    """Stop when the evaluation metric stops improving."""
+
+    patience: int = Field(default=3, ge=1)
+    """Evaluations without improvement before training stops."""
+
+    metric: Literal["eval_loss", "eval_token_accuracy"] = "eval_loss"
+    """The metric watched; loss is minimised, accuracy maximised."""
+
+    min_delta: float = Field(default=0.0, ge=0)
+    """Smallest change that counts as an improvement."""
+
+
+class HyperparametersSpec(ApiModel):
+    """Optimisation settings. `auto` and unset values are resolved by the trainer and reported in `status.resolved`."""
+
+    epochs: float = Field(default=3, gt=0, le=1000)
+    """Passes over the training data. Ignored when `maxSteps` is set."""
+
+    max_steps: int | None = Field(default=None, ge=1)
+    """Total optimizer steps; takes precedence over `epochs`."""
+
+    learning_rate: float | None = Field(default=None, gt=0, le=1)
+    """Peak learning rate. Unset: 2e-4 for lora/qlora, 2e-5 for full/freeze, 3e-2 for prompt_tuning."""
+
+    batch_size: int = Field(default=16, ge=1, le=65536)
+    """Global batch in examples per optimizer step, across all workers."""
+
+    per_device_batch_size: int | None = Field(default=None, ge=1)
+    """Examples per worker per forward pass; gradient accumulation makes up the rest of `batchSize`.
+    Unset: the largest divisor of the per-worker batch that fits the device."""
+
+    lr_scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "cosine"
+    """Learning-rate schedule after warmup."""
+
+    warmup_ratio: float = Field(default=0.03, ge=0, lt=1)
+    """Fraction of the steps spent warming up linearly from 0."""
+
+    weight_decay: float = Field(default=0.01, ge=0, le=1)
+    """AdamW weight decay."""
+
+    max_grad_norm: float = Field(default=1.0, ge=0)
+    """Gradient clipping norm; 0 disables clipping."""
+
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"
+    """Training precision. `auto`: bf16 on GPUs that support it, else fp32."""
+
+    gradient_checkpointing: Literal["auto", "on", "off"] = "auto"
+    """Recompute activations in the backward pass to save memory. `auto`: on for models of 1B+
+    parameters on GPU, off elsewhere."""
+
+    seed: int = Field(default=42, ge=0, le=2**31 - 1)
+    """Seed for initialisation, shuffling and the validation split."""
+
+    eval_interval: int | None = Field(default=None, ge=1)
+    """Evaluate every N optimizer steps. Unset: at the end of every epoch."""
+
+    log_interval: int = Field(default=10, ge=1)
+    """Record metrics every N optimizer steps."""
+
+    early_stopping: EarlyStoppingSpec | None = None
+    """Stop early when evaluation stops improving (needs validation data)."""
+
+    neftune_noise_alpha: float | None = Field(default=None, gt=0)
+    """NEFTune: add uniform noise of this scale to the input embeddings while training."""
+
+
+# -------------------------------------------------------------------------------------------- compute
+
+
+class Toleration(ApiModel):
+    """A pod toleration (core/v1 Toleration)."""
+
+    key: Name | None = None
+    """Taint key; empty with operator Exists matches every taint."""
+
+    operator: Literal["Exists", "Equal"] = "Equal"
+    """How `value` is compared."""
+
+    value: Name | None = None
+    """Taint value for operator Equal."""
+
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """Taint effect to match; empty matches all effects."""
+
+    toleration_seconds: int | None = Field(default=None, ge=0)
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class ComputeSpec(ApiModel):
+    """Where and on what the Ray Train workers run."""
+
+    num_workers: int = Field(default=1, ge=1, le=1024)
+    """Ray Train workers (data-parallel ranks)."""
+
+    gpus_per_worker: int = Field(default=1, ge=0, le=16)
+    """GPUs per worker (`nvidia.com/gpu`); 0 trains on CPU."""
+
+    cpus_per_worker: int = Field(default=4, ge=1, le=512)
+    """CPU cores per worker."""
+
+    memory_per_worker: Quantity = "32Gi"
+    """Memory per worker as a Kubernetes quantity."""
+
+    image: Name | None = None
+    """Trainer image; unset uses the operator's default."""
+
+    node_selector: dict[str, Name] = Field(default_factory=dict, max_length=64)
+    """Node labels the worker pods must match."""
+
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=32)
+    """Tolerations of the worker pods (e.g. for tainted GPU nodes)."""
+
+    priority_class_name: Name | None = None
+    """PriorityClass of the Ray pods."""
+
+    service_account_name: Name | None = None
+    """ServiceAccount of the Ray pods (e.g. for IAM roles for service accounts)."""
+
+
+# ---------------------------------------------------------------------------------- checkpoints, eval
+
+
+class CheckpointingSpec(ApiModel):
+    """Checkpoints under `<output>/checkpoints/`, used to resume a retried attempt."""
+
+    interval: int | None = Field(default=None, ge=1)
+    """Save every N optimizer steps. Unset: at the end of every epoch."""
+
+    keep: int = Field(default=3, ge=1, le=100)
+    """Checkpoints kept (the best by eval loss is always kept)."""
+
+    resume_from: Text = Field(default="latest", min_length=1)
+    """`latest` (the newest checkpoint of this job, if any), `none`, or the URI of a checkpoint directory."""
+
+    @field_validator("resume_from")
+    @classmethod
+    def _resume_target(cls, value: str) -> str:
+        if value in ("latest", "none"):
+            return value
+        return check_storage_uri(value)
+
+
+class EvaluationSpec(ApiModel):
+    """Generated samples written to `eval_samples.jsonl` after training."""
+
+    num_samples: int = Field(default=16, ge=0, le=1000)
+    """How many validation prompts to answer with the base and the fine-tuned model."""
+
+    max_new_tokens: int = Field(default=128, ge=1, le=8192)
+    """Longest generated answer in tokens."""
+
+
+class OutputSpec(ApiModel):
+    """Where the artifacts go."""
+
+    uri: StorageUri
+    """`s3://bucket/prefix` or a filesystem path. Artifacts land in `<uri>/<namespace>/<name>/`
+    (local runs: `<uri>/<name>/`)."""
+
+    save_adapter: bool = True
+    """Save the adapter (`adapter/`, PEFT format) for adapter methods."""
+
+    merge_adapter: bool = False
+    """Also save the base with the adapter merged (`model/`); QLoRA merges into the unquantised base."""
+
+    secret_ref: SecretReference | None = None
+    """Secret with credentials to write the output."""
+
+
+class RunPolicySpec(ApiModel):
+    """Lifecycle: suspension, deadlines, retries, cleanup and queueing."""
+
+    suspend: bool = False
+    """Suspend the job: no Ray pods run while true; resuming continues from the latest checkpoint."""
+
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail the job with DeadlineExceeded when it has run this long."""
+
+    backoff_limit: int = Field(default=3, ge=0, le=100)
+    """Retries after retryable failures (node lost, preemption, NCCL timeout)."""
+
+    retry_on_out_of_memory: bool = False
+    """Also retry attempts that ran out of memory (they usually fail again with the same settings)."""
+
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the SFTJob this long after it finished; the artifacts stay."""
+
+    queue_name: Name | None = None
+    """Kueue LocalQueue that admits the job (`kueue.x-k8s.io/queue-name`)."""
+
+
+class SFTJobSpec(ApiModel):
+    """The desired fine-tuning run."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.model == oldSelf.model",
+            message="model is immutable; create a new SFTJob",
+            field_path=".model",
+        ),
+        CelRule(
+            rule="self.dataset == oldSelf.dataset",
+            message="dataset is immutable; create a new SFTJob",
+            field_path=".dataset",
+        ),
+        CelRule(
+            rule="self.method == oldSelf.method",
+            message="method is immutable; create a new SFTJob",
+            field_path=".method",
+        ),
+        CelRule(
+            rule="self.hyperparameters == oldSelf.hyperparameters",
+            message="hyperparameters are immutable; create a new SFTJob",
+            field_path=".hyperparameters",
+        ),
+        CelRule(
+            rule="self.output == oldSelf.output",
+            message="output is immutable; create a new SFTJob",
+            field_path=".output",
+        ),
+    )
+
+    model: ModelSpec
+    """The base model."""
+
+    dataset: DatasetSpec
+    """Training (and validation) data."""
+
+    method: MethodSpec = Field(default_factory=MethodSpec)
+    """LoRA, QLoRA, full fine-tuning, layer freezing or prompt tuning."""
+
+    hyperparameters: HyperparametersSpec = Field(default_factory=HyperparametersSpec)
+    """Optimisation settings."""
+
+    compute: ComputeSpec = Field(default_factory=ComputeSpec)
+    """Workers and their resources."""
+
+    checkpointing: CheckpointingSpec = Field(default_factory=CheckpointingSpec)
+    """Checkpoint cadence, retention and resume."""
+
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    """Generated samples after training."""
+
+    output: OutputSpec
+    """Where the artifacts go."""
+
+    run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
+    """Suspension, deadline, retries, TTL and queueing."""
+
+
+# --------------------------------------------------------------------------------------------- status
+
+Phase = Literal[
+    "Pending", "Validating", "Queued", "Initializing", "Running", "Exporting", "Succeeded", "Failed", "Suspended"
+]
+
+
+class Condition(ApiModel):
+    """A condition in the shape of metav1.Condition."""
+
+    type: Name
+    """Condition type in CamelCase: `Validated`, `Running`, `Succeeded`, `Failed`, `Suspended`."""
+
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+
+    reason: str = Field(min_length=1, max_length=1024, pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$")
+    """Machine-readable CamelCase reason, e.g. `InvalidSpec`, `DeadlineExceeded`."""
+
+    message: Text = ""
+    """Human-readable detail."""
+
+    last_transition_time: str = Field(json_schema_extra={"format": "date-time"}, max_length=64)
+    """When `status` last changed (RFC 3339)."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The `.metadata.generation` the condition was computed from."""
+
+
+class AttemptRecord(ApiModel):
+    """One attempt: a RayJob and how it ended."""
+
+    attempt: int = Field(ge=1)
+    """Attempt number, from 1."""
+
+    ray_job_name: Name
+    """The attempt's RayJob."""
+
+    result: Literal["Running", "Succeeded", "Failed", "Suspended"] = "Running"
+    """How the attempt ended (Running while it runs)."""
+
+    reason: Name | None = None
+    """Why it ended, e.g. `NodeLost`, `OutOfMemory`."""
+
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When the RayJob was created."""
+
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When the attempt ended."""
+
+    resumed_from_step: int | None = Field(default=None, ge=0)
+    """The checkpoint step the attempt resumed from."""
+
+
+class RayJobStatus(ApiModel):
+    """The current attempt's RayJob as KubeRay reports it."""
+
+    name: Name
+    """RayJob name (`<sftjob>-a<attempt>`)."""
+
+    job_status: Name | None = None
+    """Ray job status: PENDING, RUNNING, STOPPED, SUCCEEDED, FAILED."""
+
+    job_deployment_status: Name | None = None
+    """KubeRay deployment status: Initializing, Running, Complete, Failed, Suspended, ..."""
+
+    dashboard_url: Name | None = Field(default=None, alias="dashboardURL")
+    """Ray dashboard address."""
+
+
+class ResolvedSettings(ApiModel):
+    """The values the trainer chose for `auto` and unset fields."""
+
+    learning_rate: float | None = None
+    """Peak learning rate used."""
+
+    per_device_batch_size: int | None = None
+    """Examples per worker per forward pass."""
+
+    gradient_accumulation_steps: int | None = None
+    """Forward passes per optimizer step on each worker."""
+
+    global_batch_size: int | None = None
+    """perDeviceBatchSize x gradientAccumulationSteps x numWorkers."""
+
+    num_workers: int | None = None
+    """Ray Train workers."""
+
+    precision: Name | None = None
+    """bf16, fp16 or fp32."""
+
+    gradient_checkpointing: bool | None = None
+    """Whether activations were recomputed."""
+
+    max_seq_length: int | None = None
+    """Longest example in tokens."""
+
+    batching: Name | None = None
+    """How batches were formed: `packed` (padding-free) or `length_grouped` (padded)."""
+
+    attention: Name | None = None
+    """Attention implementation, e.g. `sdpa`, `flash_attention_2`."""
+
+    chat_template: Name | None = None
+    """The template that rendered conversations: `tokenizer`, a named template or `inline`."""
+
+    total_steps: int | None = None
+    """Optimizer steps planned."""
+
+    device: Name | None = None
+    """Device type of the workers: `cuda` or `cpu`."""
+
+
+class DatasetStats(ApiModel):
+    """What the data pipeline made of the dataset."""
+
+    format: Name | None = None
+    """The detected or configured schema."""
+
+    rows: int | None = None
+    """Rows read from the training file."""
+
+    train_examples: int | None = None
+    """Examples trained on after filtering."""
+
+    validation_examples: int | None = None
+    """Held-out examples."""
+
+    dropped: dict[str, int] = Field(default_factory=dict, max_length=32)
+    """Dropped rows by reason (duplicate, empty_response, too_long, ...)."""
+
+    truncated: int | None = None
+    """Examples cut to maxSeqLength."""
+
+    tokens: int | None = None
+    """Tokens in the training examples."""
+
+    trainable_tokens: int | None = None
+    """Tokens that carry loss."""
+
+    sha256: Name | None = None
+    """Digest of the training file."""
+
+
+class Progress(ApiModel):
+    """Training progress, from the trainer's progress.json."""
+
+    percentage: float | None = Field(default=None, ge=0, le=100)
+    """step / totalSteps in percent."""
+
+    step: int | None = Field(default=None, ge=0)
+    """Optimizer steps done."""
+
+    total_steps: int | None = Field(default=None, ge=0)
+    """Optimizer steps planned."""
+
+    epoch: float | None = Field(default=None, ge=0)
+    """Fractional epoch."""
+
+    trained_tokens: int | None = Field(default=None, ge=0)
+    """Loss-bearing tokens processed."""
+
+    tokens_per_second: float | None = Field(default=None, ge=0)
+    """Recent throughput in loss-bearing tokens per second, all workers."""
+
+    estimated_finish_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When training is expected to end."""
+
+    eta: Name | None = None
+    """Time left as a duration, e.g. `12m30s` (the ETA column)."""
+
+    last_update_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When the trainer last wrote progress."""
+
+
+class Metrics(ApiModel):
+    """Latest training metrics."""
+
+    train_loss: float | None = None
+    """Training loss (mean over the last logging interval)."""
+
+    eval_loss: float | None = None
+    """Loss on the validation data at the last evaluation."""
+
+    learning_rate: float | None = None
+    """Current learning rate."""
+
+    grad_norm: float | None = None
+    """Gradient norm before clipping."""
+
+    token_accuracy: float | None = None
+    """Fraction of loss-bearing validation tokens predicted exactly."""
+
+
+class CheckpointRef(ApiModel):
+    """A saved checkpoint."""
+
+    step: int = Field(ge=0)
+    """Optimizer step of the checkpoint."""
+
+    uri: StorageUri
+    """Directory of the checkpoint."""
+
+    eval_loss: float | None = None
+    """Evaluation loss at that step, if evaluated."""
+
+
+class OutputStatus(ApiModel):
+    """The artifacts; filled only once `manifest.json` exists."""
+
+    uri: StorageUri
+    """The job's output directory."""
+
+    adapter_uri: StorageUri | None = None
+    """The PEFT adapter (`adapter/`)."""
+
+    model_uri: StorageUri | None = None
+    """Full or merged weights (`model/`)."""
+
+    manifest_uri: StorageUri | None = None
+    """`manifest.json`: sha256 of every file, resolved settings, versions."""
+
+    size_bytes: int | None = Field(default=None, ge=0)
+    """Total size of the artifacts."""
+
+
+class ErrorStatus(ApiModel):
+    """Why the job (or its last attempt) failed."""
+
+    code: Name
+    """Stable machine-readable code, e.g. `InvalidSpec`, `DatasetUnreadable`, `OutOfMemory`."""
+
+    message: Text
+    """What went wrong and what to do."""
+
+    field: Name | None = None
+    """The spec field (or file:line) at fault."""
+
+    retryable: bool = False
+    """Whether another attempt may succeed."""
+
+
+class SFTJobStatus(ApiModel):
+    """Observed state, written by the operator only."""
+
+    phase: Phase = "Pending"
+    """Pending, Validating, Queued, Initializing, Running, Exporting, Succeeded, Failed or Suspended."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The `.metadata.generation` this status describes."""
+
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=16,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Latest observations, one per condition type."""
+
+    attempt: int | None = Field(default=None, ge=0)
+    """The current attempt (1 is the first)."""
+
+    attempts: list[AttemptRecord] = Field(default_factory=list, max_length=MAX_HISTORY)
+    """The most recent attempts, oldest first."""
+
+    ray_job: RayJobStatus | None = None
+    """The current attempt's RayJob."""
+
+    resolved: ResolvedSettings | None = None
+    """The values the trainer chose for `auto` and unset fields."""
+
+    dataset: DatasetStats | None = None
+    """Dataset statistics from the trainer's preflight."""
+
+    progress: Progress | None = None
+    """Training progress."""
+
+    metrics: Metrics | None = None
+    """Latest metrics."""
+
+    best_checkpoint: CheckpointRef | None = None
+    """The checkpoint with the lowest evaluation loss."""
+
+    checkpoints: list[CheckpointRef] = Field(default_factory=list, max_length=MAX_HISTORY)
+    """The most recent checkpoints, oldest first."""
+
+    output: OutputStatus | None = None
+    """Artifacts, once complete."""
+
+    start_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When the first attempt started."""
+
+    completion_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
+    """When the job reached Succeeded or Failed."""
+
+    error: ErrorStatus | None = None
+    """Why the job failed."""
+
+
+class ObjectMeta(ApiModel):
+    """The parts of metav1.ObjectMeta the API checks; everything else passes through."""
+
+    model_config = {**ApiModel.model_config, "extra": "allow"}
+
+    name: DnsLabel | None = None
+    """Job name; a DNS-1123 label of at most 63 characters (it labels every child object)."""
+
+    namespace: DnsLabel | None = None
+    """Namespace of the job."""
+
+
+class SFTJob(ApiModel):
+    """A supervised fine-tuning job: one base model, one dataset, one method, one output."""
+
+    api_version: Literal["sftjob.dev/v1alpha1"] = API_VERSION
+    """`sftjob.dev/v1alpha1`."""
+
+    kind: Literal["SFTJob"] = KIND
+    """`SFTJob`."""
+
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    """Standard object metadata."""
+
+    spec: SFTJobSpec
+    """The desired run."""
+
+    status: SFTJobStatus | None = None
+    """The observed state."""
+
+    @property
+    def name(self) -> str:
+        """The job's name (empty when the document has none)."""
+        return self.metadata.name or ""
+
+
+def parse_sftjob(document: Any) -> SFTJob:
+    """Validate a decoded SFTJob document (camelCase, as stored by the API server).
+
+    Args:
+        document: The decoded YAML or JSON object.
+
+    Returns:
+        The validated job.
+
+    Raises:
+        pydantic.ValidationError: With one entry per problem.
+    """
+    return SFTJob.model_validate(document, by_alias=True)
+
+
+__all__ = [
+    "API_VERSION",
+    "GROUP",
+    "KIND",
+    "MAX_HISTORY",
+    "MAX_JOB_NAME",
+    "MAX_NAME",
+    "PLURAL",
+    "SHORT_NAMES",
+    "SINGULAR",
+    "VERSION",
+    "SFTJob",
+    "SFTJobSpec",
+    "SFTJobStatus",
+    "parse_sftjob",
+]

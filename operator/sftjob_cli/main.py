@@ -1,0 +1,142 @@
+"""The `sftjob` command line: the composition root of the API, the operator and the trainer.
+
+Exit codes: 0 success, 2 invalid input (a message names the field or file:line), 1 an
+internal error. No traceback reaches the user; `SFTJOB_DEBUG=1` shows one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+import yaml
+
+from sftjob_cli.yaml_source import SourceError, YamlDocument, load_documents, read_text
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style YAML with multi-line strings as literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(data: object) -> str:
+    """Dump as block YAML, keys in insertion order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def _cmd_crd(_: argparse.Namespace) -> int:
+    from sftjob_api.crd import render_crd
+
+    sys.stdout.write(dump_yaml(render_crd()))
+    return EXIT_OK
+
+
+def _cmd_reference(_: argparse.Namespace) -> int:
+    from sftjob_api.reference import render_reference
+
+    sys.stdout.write(render_reference())
+    return EXIT_OK
+
+
+def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
+    """Check every document as an SFTJob.
+
+    Args:
+        documents: The parsed documents of one file.
+        name: The file name used in messages.
+
+    Returns:
+        One `file:line: field: message` line per problem; empty when all are valid.
+    """
+    from sftjob_api.errors import check_document
+
+    lines = []
+    if not documents:
+        return [f"{name}: the file holds no YAML document"]
+    for document in documents:
+        _, problems = check_document(document.data)
+        prefix = f"document {document.index}: " if len(documents) > 1 else ""
+        for problem in problems:
+            line = document.line_of(problem.path)
+            where = f"{name}:{line}" if line else name
+            lines.append(f"{where}: {prefix}{problem.field}: {problem.message}")
+    return lines
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    failed = False
+    for path in args.files:
+        try:
+            documents = load_documents(read_text(path), path)
+        except SourceError as err:
+            print(err, file=sys.stderr)
+            failed = True
+            continue
+        problems = validate_documents(documents, path)
+        for line in problems:
+            print(line, file=sys.stderr)
+        if problems:
+            failed = True
+        else:
+            noun = "document" if len(documents) == 1 else "documents"
+            print(f"{path}: {len(documents)} {noun} valid")
+    return EXIT_INVALID if failed else EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(prog="sftjob", description="Supervised fine-tuning jobs on Kubernetes and Ray.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    crd = commands.add_parser("crd", help="print the SFTJob CustomResourceDefinition (YAML)")
+    crd.set_defaults(handler=_cmd_crd)
+
+    reference = commands.add_parser("reference", help="print the field reference (Markdown)")
+    reference.set_defaults(handler=_cmd_reference)
+
+    validate = commands.add_parser("validate", help="check SFTJob files; exit 2 when any is invalid")
+    validate.add_argument("files", nargs="+", metavar="FILE", help="SFTJob YAML file(s); '-' reads stdin")
+    validate.set_defaults(handler=_cmd_validate)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line.
+
+    Args:
+        argv: Arguments without the program name (default: sys.argv[1:]).
+
+    Returns:
+        The exit code.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    try:
+        return handler(args)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if os.environ.get("SFTJOB_DEBUG"):
+            raise
+        print(f"sftjob: internal error: {type(err).__name__}: {err} (set SFTJOB_DEBUG=1 for details)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+def entrypoint() -> None:
+    """Console-script entry point."""
+    sys.exit(main())
