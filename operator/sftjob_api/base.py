@@ -15,8 +15,8 @@ import re
 from typing import Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, GetJsonSchemaHandler
-from pydantic.json_schema import JsonSchemaValue
 from pydantic.alias_generators import to_camel
+from pydantic.json_schema import JsonSchemaValue
 
 # Kubernetes object names (DNS-1123 subdomain) are at most 253 characters.
 MAX_NAME = 253
@@ -117,16 +117,17 @@ def check_storage_uri(value: str) -> str:
     return _s3_or_path(_no_parent_segments(value))
 
 
-def pattern_str(regex: str, meaning: str, max_length: int) -> Any:
-    """A string type checked against an RE2-compatible `regex`, failing with `meaning` instead of the regex.
+def matches(regex: str, meaning: str) -> AfterValidator:
+    """A validator that checks a string against `regex` and fails with `meaning` instead of the regex.
+
+    Pair it with `Field(json_schema_extra={"pattern": regex})` so the CRD enforces the same pattern.
 
     Args:
-        regex: Anchored pattern, emitted as the CRD's `pattern` too.
+        regex: Anchored, RE2-compatible pattern.
         meaning: What a valid value looks like, for the error message.
-        max_length: Longest value.
 
     Returns:
-        An `Annotated[str, ...]` type.
+        The pydantic validator.
     """
     compiled = re.compile(regex)
 
@@ -135,7 +136,7 @@ def pattern_str(regex: str, meaning: str, max_length: int) -> Any:
             raise ValueError(f"{value!r} is not {meaning}")
         return value
 
-    return Annotated[str, Field(max_length=max_length, json_schema_extra={"pattern": regex}), AfterValidator(check)]
+    return AfterValidator(check)
 
 
 Text = Annotated[str, Field(max_length=MAX_TEXT)]

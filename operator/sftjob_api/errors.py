@@ -87,6 +87,8 @@ def _describe(error: Any) -> FieldProblem:
         message = "required field is missing"
     elif kind in ("literal_error", "enum"):
         message = f"{message}, got {value!r}"
+    elif kind in ("dict_type", "model_type", "model_attributes_type"):
+        message = f"expected a mapping, got {type(value).__name__} {value!r}"[:300]
     elif kind.endswith("_type") or kind.endswith("_parsing"):
         message = f"{message}, got {value!r}"[:300]
     return FieldProblem(path=loc, message=message)

@@ -9,11 +9,21 @@ small data, cosine decay with 3% warmup and weight decay 0.01.
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from sftjob_api.base import MAX_NAME, ApiModel, CelRule, ModelUri, Name, StorageUri, Text, check_storage_uri, pattern_str
+from sftjob_api.base import (
+    MAX_NAME,
+    ApiModel,
+    CelRule,
+    ModelUri,
+    Name,
+    StorageUri,
+    Text,
+    check_storage_uri,
+    matches,
+)
 
 GROUP = "sftjob.dev"
 VERSION = "v1alpha1"
@@ -29,14 +39,18 @@ MAX_JOB_NAME = 63
 MAX_HISTORY = 10
 
 # Kubernetes resource quantity, e.g. "32Gi", "500M", "1.5".
-Quantity = pattern_str(
-    r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$", "a Kubernetes quantity such as 32Gi or 500M", 32
-)
-DnsLabel = pattern_str(
-    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
-    "a DNS-1123 label (lowercase letters, digits and '-', starting and ending with a letter or digit)",
-    MAX_JOB_NAME,
-)
+_QUANTITY = r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$"
+_DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+Quantity = Annotated[
+    str,
+    Field(max_length=32, json_schema_extra={"pattern": _QUANTITY}),
+    matches(_QUANTITY, "a Kubernetes quantity such as 32Gi or 500M"),
+]
+DnsLabel = Annotated[
+    str,
+    Field(max_length=MAX_JOB_NAME, json_schema_extra={"pattern": _DNS_LABEL}),
+    matches(_DNS_LABEL, "a DNS-1123 label (lowercase letters, digits and '-', starting and ending alphanumeric)"),
+]
 _JINJA = re.compile(r"\{[{%#]")
 NAMED_CHAT_TEMPLATES = ("chatml", "llama3", "zephyr")
 
@@ -158,12 +172,13 @@ class DatasetSpec(ApiModel):
     secret_ref: SecretReference | None = None
     """Secret with credentials to read the data (AWS keys, `AWS_ENDPOINT_URL`)."""
 
-    @field_validator("max_seq_length")
+    @field_validator("max_seq_length", mode="before")
     @classmethod
-    def _seq_length_floor(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 16:
-            raise ValueError("must be 'auto' or an integer of at least 16")
-        return value
+    def _seq_length_floor(cls, value: Any) -> Any:
+        # One clear message instead of one per union branch.
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value >= 16):
+            return value
+        raise ValueError(f"must be 'auto' or an integer of at least 16, got {value!r}")
 
     @field_validator("chat_template")
     @classmethod
@@ -842,7 +857,7 @@ class SFTJobStatus(ApiModel):
 class ObjectMeta(ApiModel):
     """The parts of metav1.ObjectMeta the API checks; everything else passes through."""
 
-    model_config = {**ApiModel.model_config, "extra": "allow"}
+    model_config = ConfigDict(**{**ApiModel.model_config, "extra": "allow"})
 
     name: DnsLabel | None = None
     """Job name; a DNS-1123 label of at most 63 characters (it labels every child object)."""
@@ -854,10 +869,10 @@ class ObjectMeta(ApiModel):
 class SFTJob(ApiModel):
     """A supervised fine-tuning job: one base model, one dataset, one method, one output."""
 
-    api_version: Literal["sftjob.dev/v1alpha1"] = API_VERSION
+    api_version: Literal["sftjob.dev/v1alpha1"] = "sftjob.dev/v1alpha1"
     """`sftjob.dev/v1alpha1`."""
 
-    kind: Literal["SFTJob"] = KIND
+    kind: Literal["SFTJob"] = "SFTJob"
     """`SFTJob`."""
 
     metadata: ObjectMeta = Field(default_factory=ObjectMeta)

@@ -1,0 +1,1 @@
+"""Helpers shared by tests (not fixtures): schema and CEL checks, subprocess runners."""
