@@ -1,0 +1,42 @@
+"""The data pipeline: formats, chat templates, verified loss masks, length policy, packing, quality and preflight.
+
+The trainer calls `prepare_dataset` once, then `pack_examples` with `PackedCollator`, or
+`PaddedCollator` with `length_grouped_batches`. `sftjob data inspect` and `sftjob validate` use
+`analyze` on rows read with `read_dataset`.
+"""
+
+from sftjob_trainer.data.errors import DataError, Problem
+from sftjob_trainer.data.formats import SCHEMAS, Conversation, Message
+from sftjob_trainer.data.packing import (
+    Pack,
+    PackedCollator,
+    PaddedCollator,
+    length_grouped_batches,
+    pack_examples,
+)
+from sftjob_trainer.data.pipeline import Example, PreparedData, analyze, prepare_dataset
+from sftjob_trainer.data.readers import RawDataset, read_dataset
+from sftjob_trainer.data.report import DataReport
+from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SCHEMAS",
+    "ByteTokenizer",
+    "Conversation",
+    "DataError",
+    "DataReport",
+    "Example",
+    "Message",
+    "Pack",
+    "PackedCollator",
+    "PaddedCollator",
+    "PreparedData",
+    "Problem",
+    "RawDataset",
+    "analyze",
+    "length_grouped_batches",
+    "pack_examples",
+    "prepare_dataset",
+    "read_dataset",
+]

@@ -1,0 +1,301 @@
+"""Row layouts (schemas), detected from the columns, and their mapping to one conversation form.
+
+Pure functions: rows in, `Conversation`s and `Problem`s out. Every format becomes a list of
+messages with roles system/user/assistant/tool; prompt/completion keeps a flag so it can be
+joined plainly when no chat template applies, and plain `text` is trained on every token.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from sftjob_trainer.data.errors import Problem
+from sftjob_trainer.data.readers import Row
+
+SCHEMAS = ("prompt_completion", "messages", "alpaca", "sharegpt", "text")
+ROLES = ("system", "user", "assistant", "tool")
+Kind = Literal["chat", "prompt_completion", "text"]
+
+# ShareGPT/Vicuna speaker names seen in the wild, mapped to OpenAI roles.
+SHAREGPT_ROLES = {
+    "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "chatgpt": "assistant",
+    "function_call": "assistant",
+    "system": "system",
+    "tool": "tool", "observation": "tool", "function_response": "tool",
+}
+# What each schema requires, in detection order (the first match wins).
+REQUIRED = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "alpaca": ("instruction", "output"),
+    "prompt_completion": ("prompt", "completion"),
+    "text": ("text",),
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    """One turn of a conversation."""
+
+    role: str
+    """system, user, assistant or tool."""
+    content: str
+    """The text of the turn."""
+    tool_calls: tuple[Mapping[str, Any], ...] = ()
+    """OpenAI-style tool calls of an assistant turn."""
+    name: str | None = None
+    """Tool name of a tool turn (OpenAI `name`/`tool_call_id` are kept as given)."""
+    tool_call_id: str | None = None
+    """Which call a tool turn answers."""
+
+    def to_jinja(self) -> dict[str, Any]:
+        """The message as chat templates expect it (`role`, `content`, optional `tool_calls`, ...)."""
+        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        if self.tool_calls:
+            out["tool_calls"] = [dict(call) for call in self.tool_calls]
+        if self.name is not None:
+            out["name"] = self.name
+        if self.tool_call_id is not None:
+            out["tool_call_id"] = self.tool_call_id
+        return out
+
+
+@dataclass(frozen=True)
+class Conversation:
+    """The internal form every row format maps to."""
+
+    messages: tuple[Message, ...]
+    """The turns; for `text` a single turn whose role is `text`."""
+    kind: Kind
+    """chat, prompt_completion (string prompt and completion) or text (loss on every token)."""
+    line: int
+    """Line of the source row."""
+    tools: tuple[Mapping[str, Any], ...] = ()
+    """Tool (function) definitions offered in this conversation, passed to the chat template."""
+
+    def key(self) -> str:
+        """Normalised text for exact de-duplication: whitespace collapsed and case folded."""
+        parts = []
+        for m in self.messages:
+            calls = json.dumps([dict(c) for c in m.tool_calls], sort_keys=True) if m.tool_calls else ""
+            parts.append(f"{m.role}\x1f{' '.join(m.content.split()).casefold()}\x1f{calls}")
+        return "\x1e".join(parts)
+
+    @property
+    def assistant_indexes(self) -> list[int]:
+        """Positions of the assistant turns."""
+        return [i for i, m in enumerate(self.messages) if m.role == "assistant"]
+
+
+class RowError(Exception):
+    """A row that does not fit its schema."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+        self.message = message
+
+
+def apply_column_map(row: Mapping[str, Any], column_map: Mapping[str, str]) -> dict[str, Any]:
+    """Rename columns `{fileColumn: expectedColumn}`; columns not in the map keep their name."""
+    if not column_map:
+        return dict(row)
+    return {column_map.get(k, k): v for k, v in row.items()}
+
+
+def detect_schema(row: Mapping[str, Any]) -> str | None:
+    """The schema whose required columns `row` has, or None."""
+    keys = set(row)
+    for schema, required in REQUIRED.items():
+        if set(required) <= keys:
+            return schema
+    if {"prompt", "response"} <= keys:
+        return "prompt_completion"
+    return None
+
+
+def describe_columns(row: Mapping[str, Any]) -> str:
+    """A hint naming the columns found and the layouts understood."""
+    found = ", ".join(sorted(row)) or "none"
+    return (f"cannot detect the dataset format from the columns ({found}); expected messages, conversations, "
+            "instruction+output, prompt+completion (or prompt+response), or text; set dataset.schema "
+            "(--schema) or rename columns with dataset.columnMap")
+
+
+def to_conversation(row: Row, schema: str) -> Conversation:
+    """Map one row of `schema` to a Conversation.
+
+    Raises:
+        RowError: Naming the field that is missing or of the wrong type.
+    """
+    data = row.data
+    if schema == "messages":
+        return Conversation(_messages(_list(data, "messages"), "messages"), "chat", row.line,
+                            _tools(data))
+    if schema == "sharegpt":
+        return Conversation(_sharegpt(_list(data, "conversations")), "chat", row.line, _tools(data))
+    if schema == "alpaca":
+        instruction = _text(data, "instruction")
+        extra = _text(data, "input", optional=True)
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        messages = [Message("user", prompt), Message("assistant", _text(data, "output"))]
+        if "system" in data and data["system"] not in (None, ""):
+            messages.insert(0, Message("system", _text(data, "system")))
+        return Conversation(tuple(messages), "chat", row.line)
+    if schema == "prompt_completion":
+        completion_key = "completion" if "completion" in data or "response" not in data else "response"
+        if isinstance(_maybe_json(data.get("prompt")), list) and isinstance(_maybe_json(data.get(completion_key)),
+                                                                            list):
+            # TRL's conversational prompt/completion: both sides are message lists.
+            turns = _messages(_list(data, "prompt"), "prompt") + _messages(_list(data, completion_key),
+                                                                           completion_key)
+            return Conversation(turns, "chat", row.line, _tools(data))
+        return Conversation((Message("user", _text(data, "prompt")),
+                             Message("assistant", _text(data, completion_key))), "prompt_completion", row.line)
+    if schema == "text":
+        return Conversation((Message("text", _text(data, "text")),), "text", row.line)
+    raise RowError(None, f"unknown schema '{schema}'; one of: {', '.join(SCHEMAS)}")
+
+
+def _maybe_json(value: Any) -> Any:
+    # CSV cells (and some exports) carry nested lists as JSON strings.
+    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def _type_name(value: Any) -> str:
+    names = {list: "an array", dict: "an object", str: "a string", int: "a number", float: "a number",
+             bool: "a boolean"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _text(data: Mapping[str, Any], field: str, optional: bool = False) -> str:
+    if field not in data or (optional and data[field] is None):
+        if optional:
+            return ""
+        raise RowError(field, "required field is missing")
+    value = data[field]
+    if isinstance(value, str):
+        return value
+    raise RowError(field, f"expected a string, got {_type_name(value)}")
+
+
+def _list(data: Mapping[str, Any], field: str) -> list[Any]:
+    if field not in data:
+        raise RowError(field, "required field is missing")
+    value = _maybe_json(data[field])
+    if not isinstance(value, list):
+        raise RowError(field, f"expected an array of messages, got {_type_name(value)}")
+    if not value:
+        raise RowError(field, "the conversation is empty")
+    return value
+
+
+def _tools(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    value = _maybe_json(data.get("tools"))
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise RowError("tools", f"expected an array of tool definitions (objects), got {_type_name(value)}")
+    return tuple(value)
+
+
+def _content(value: Any, field: str) -> str:
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": "..."}]
+        texts = []
+        for i, part in enumerate(value):
+            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
+                raise RowError(f"{field}[{i}]", "only text content parts ({type: text, text: ...}) are supported")
+            texts.append(part["text"])
+        return "".join(texts)
+    raise RowError(field, f"expected a string, got {_type_name(value)}")
+
+
+def _messages(items: list[Any], field: str) -> tuple[Message, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"{field}[{i}]"
+        if not isinstance(item, dict):
+            raise RowError(where, f"expected a message object ({{role, content}}), got {_type_name(item)}")
+        if "role" not in item:
+            raise RowError(f"{where}.role", "required field is missing")
+        role = item["role"]
+        if role not in ROLES:
+            raise RowError(f"{where}.role", f"unknown role {role!r}; one of: {', '.join(ROLES)}")
+        calls = item.get("tool_calls") or []
+        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+            raise RowError(f"{where}.tool_calls", "expected an array of tool call objects")
+        if "content" not in item and not calls:
+            raise RowError(f"{where}.content", "required field is missing")
+        name = item.get("name")
+        call_id = item.get("tool_call_id")
+        out.append(Message(role, _content(item.get("content"), f"{where}.content"), tuple(calls),
+                           name if isinstance(name, str) else None, call_id if isinstance(call_id, str) else None))
+    return tuple(out)
+
+
+def _sharegpt(items: list[Any]) -> tuple[Message, ...]:
+    out = []
+    for i, item in enumerate(items):
+        where = f"conversations[{i}]"
+        if not isinstance(item, dict):
+            raise RowError(where, f"expected a turn object ({{from, value}}), got {_type_name(item)}")
+        if "from" not in item:
+            raise RowError(f"{where}.from", "required field is missing")
+        speaker = item["from"]
+        role = SHAREGPT_ROLES.get(speaker) if isinstance(speaker, str) else None
+        if role is None:
+            raise RowError(f"{where}.from", f"unknown speaker {speaker!r}; one of: human, gpt, system, tool")
+        if "value" not in item:
+            raise RowError(f"{where}.value", "required field is missing")
+        if not isinstance(item["value"], str):
+            raise RowError(f"{where}.value", f"expected a string, got {_type_name(item['value'])}")
+        out.append(Message(role, item["value"]))
+    return tuple(out)
+
+
+def convert_rows(rows: list[Row], schema: str, column_map: Mapping[str, str], file: str,
+                 max_problems: int = 50) -> tuple[str, list[Conversation], list[Problem]]:
+    """Detect the schema (when `auto`) and convert every row.
+
+    Args:
+        rows: The rows of one file.
+        schema: `auto` or one of SCHEMAS.
+        column_map: Column renames applied before detection.
+        file: The file name for problems.
+        max_problems: Stop collecting problems after this many.
+
+    Returns:
+        The schema used, the conversations of the good rows, and one problem per bad row.
+    """
+    mapped = [Row(r.line, apply_column_map(r.data, column_map)) for r in rows]
+    if schema == "auto":
+        detected = detect_schema(mapped[0].data) if mapped else None
+        if detected is None:
+            return "unknown", [], [Problem(describe_columns(mapped[0].data if mapped else {}), file,
+                                           mapped[0].line if mapped else 1, "schema")]
+        schema = detected
+    elif schema not in SCHEMAS:
+        return schema, [], [Problem(f"unknown schema '{schema}'; one of: auto, {', '.join(SCHEMAS)}", file, None,
+                                    "schema")]
+    conversations: list[Conversation] = []
+    problems: list[Problem] = []
+    for row in mapped:
+        try:
+            conversations.append(to_conversation(row, schema))
+        except RowError as err:
+            if len(problems) < max_problems:
+                problems.append(Problem(err.message, file, row.line, err.field))
+    return schema, conversations, problems

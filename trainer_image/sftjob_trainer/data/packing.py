@@ -1,0 +1,174 @@
+"""Packing (best-fit decreasing, padding-free) and the batch collators of the trainer.
+
+A pack holds several examples back to back; `position_ids` restart at 0 for every example, which
+transformers turns into a block-diagonal (per-example) causal mask for SDPA/flex attention and
+into varlen boundaries for flash attention, so attention never crosses examples. The first label
+of each packed example is -100: in a pack it would be predicted from the previous example's last
+token, which an unpacked batch never does, so packed and unpacked losses are the same.
+"""
+
+from __future__ import annotations
+
+import bisect
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftjob_trainer.data.pipeline import Example
+from sftjob_trainer.data.tokens import IGNORE_INDEX
+
+# Sorting is local to megabatches of this many batches, so length grouping still shuffles across the epoch.
+MEGABATCH_FACTOR = 50
+
+
+@dataclass
+class Pack:
+    """Examples concatenated into one sequence of at most `max_length` tokens."""
+
+    input_ids: list[int] = field(default_factory=list)
+    """Concatenated token ids."""
+    labels: list[int] = field(default_factory=list)
+    """Concatenated labels; the first token of every example is -100."""
+    position_ids: list[int] = field(default_factory=list)
+    """0..len-1 for every example, restarting at each boundary."""
+    seq_lengths: list[int] = field(default_factory=list)
+    """Length of each example, in order."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+    def add(self, input_ids: Sequence[int], labels: Sequence[int]) -> None:
+        """Append one example."""
+        self.input_ids.extend(input_ids)
+        self.labels.append(IGNORE_INDEX)
+        self.labels.extend(labels[1:])
+        self.position_ids.extend(range(len(input_ids)))
+        self.seq_lengths.append(len(input_ids))
+
+
+def pack_examples(examples: Sequence[Example], max_length: int) -> list[Pack]:
+    """Best-fit-decreasing bin packing of examples into packs of at most `max_length` tokens.
+
+    Args:
+        examples: Tokenized examples, each at most `max_length` long.
+        max_length: Capacity of a pack in tokens.
+
+    Returns:
+        The packs, fullest first.
+
+    Raises:
+        ValueError: When an example is longer than `max_length` or empty.
+    """
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)
+    packs: list[Pack] = []
+    # Remaining capacity of each open pack, ascending, with the pack index as a tiebreaker.
+    free: list[tuple[int, int]] = []
+    for i in order:
+        ex = examples[i]
+        size = len(ex.input_ids)
+        if size == 0 or size > max_length:
+            raise ValueError(f"example of {size} tokens cannot be packed into {max_length}")
+        slot = bisect.bisect_left(free, (size, -1))
+        if slot < len(free):
+            room, index = free.pop(slot)
+        else:
+            room, index = max_length, len(packs)
+            packs.append(Pack())
+        packs[index].add(ex.input_ids, ex.labels)
+        if room - size > 0:
+            bisect.insort(free, (room - size, index))
+    return packs
+
+
+def _get(item: Any, key: str) -> Any:
+    return item[key] if isinstance(item, Mapping) else getattr(item, key)
+
+
+def _positions(item: Any) -> list[int]:
+    if isinstance(item, Mapping):
+        return list(item.get("position_ids") or range(len(item["input_ids"])))
+    return list(getattr(item, "position_ids", None) or range(len(item.input_ids)))
+
+
+class PackedCollator:
+    """Flattens a list of packs or examples into one padding-free row: tensors of shape [1, T].
+
+    Returns input_ids, labels and position_ids (restarting per example); with
+    `flash_kwargs=True` also cu_seq_lens_q/k and max_length_q/k for flash-attention varlen kernels.
+    """
+
+    def __init__(self, flash_kwargs: bool = False) -> None:
+        self.flash_kwargs = flash_kwargs
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        """Collate `items` (Pack, Example, or dicts with input_ids/labels[/position_ids])."""
+        import torch
+
+        ids: list[int] = []
+        labels: list[int] = []
+        positions: list[int] = []
+        for item in items:
+            item_ids, item_labels = list(_get(item, "input_ids")), list(_get(item, "labels"))
+            for start, end in _boundaries(_positions(item)):
+                ids.extend(item_ids[start:end])
+                labels.append(IGNORE_INDEX)
+                labels.extend(item_labels[start + 1:end])
+                positions.extend(range(end - start))
+        batch: dict[str, Any] = {"input_ids": torch.tensor([ids], dtype=torch.long),
+                 "labels": torch.tensor([labels], dtype=torch.long),
+                 "position_ids": torch.tensor([positions], dtype=torch.long)}
+        if self.flash_kwargs:
+            lengths = [end - start for start, end in _boundaries(positions)]
+            cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
+            batch.update(cu_seq_lens_q=cu, cu_seq_lens_k=cu, max_length_q=max(lengths), max_length_k=max(lengths))
+        return batch
+
+
+def _boundaries(positions: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, end) of each sequence in a position_ids list (a new one wherever positions do not step by 1)."""
+    starts = [i for i, p in enumerate(positions) if i == 0 or p != positions[i - 1] + 1]
+    return [(s, e) for s, e in zip(starts, [*starts[1:], len(positions)], strict=True)]
+
+
+class PaddedCollator:
+    """Right-pads a batch to its longest example; attention_mask marks the real tokens."""
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None) -> None:
+        self.pad_token_id = pad_token_id
+        self.pad_to_multiple_of = pad_to_multiple_of
+
+    def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
+        """Collate examples (or dicts with input_ids/labels) into [B, T] tensors."""
+        import torch
+
+        longest = max(len(_get(item, "input_ids")) for item in items)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        ids, labels, mask = [], [], []
+        for item in items:
+            item_ids = list(_get(item, "input_ids"))
+            pad = longest - len(item_ids)
+            ids.append(item_ids + [self.pad_token_id] * pad)
+            labels.append(list(_get(item, "labels")) + [IGNORE_INDEX] * pad)
+            mask.append([1] * len(item_ids) + [0] * pad)
+        return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
+                "attention_mask": torch.tensor(mask, dtype=torch.long)}
+
+
+def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
+    """Batches of indexes with similar lengths (little padding), in a seeded random order.
+
+    Indexes are shuffled, cut into megabatches of MEGABATCH_FACTOR batches, sorted by length inside
+    each megabatch and split into batches; the batch order is shuffled again.
+    """
+    rng = random.Random(seed)  # noqa: S311 - a seeded shuffle, not cryptography
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    mega = batch_size * MEGABATCH_FACTOR
+    batches: list[list[int]] = []
+    for first in range(0, len(order), mega):
+        chunk = sorted(order[first:first + mega], key=lambda i: lengths[i], reverse=True)
+        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
+    rng.shuffle(batches)
+    return batches

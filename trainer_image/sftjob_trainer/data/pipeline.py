@@ -1,0 +1,392 @@
+"""The data pipeline: rows to tokens with loss masks, then length policy, de-duplication, split and preflight.
+
+Rows become conversations, conversations rendered text, text tokens with labels.
+
+`prepare_dataset` reads the files and raises `DataError` on anything that dooms the job;
+`analyze` does the same work on rows already read and reports problems instead of raising
+(`sftjob data inspect` and `sftjob validate` print them).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sftjob_api.types import DatasetSpec
+from sftjob_trainer.data.errors import DataError, Problem
+from sftjob_trainer.data.formats import Conversation, convert_rows
+from sftjob_trainer.data.readers import RawDataset, read_dataset
+from sftjob_trainer.data.report import DataReport, Sample
+from sftjob_trainer.data.templates import (
+    KNOWN_END_OF_TURN,
+    JinjaTemplate,
+    NamedTemplate,
+    Rendered,
+    Renderer,
+    TemplateError,
+    TrainOn,
+    resolve_template,
+)
+from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer, encode, first_token_at, mask_labels
+
+# maxSeqLength: auto takes this percentile of the token lengths: the longest 1% are truncated or dropped
+# instead of setting the memory footprint of every batch.
+AUTO_PERCENTILE = 99
+# A tokenizer's model_max_length above this is transformers' "unset" sentinel (1e30), not a real limit.
+UNSET_MODEL_LENGTH = 10_000_000
+# Drop reasons that do not count against maxDroppedFraction: removing a duplicate loses no information.
+HARMLESS_DROPS = frozenset({"duplicate"})
+SAMPLES = 2
+
+
+@dataclass
+class Example:
+    """One tokenized training example."""
+
+    input_ids: list[int]
+    """Token ids of the rendered conversation."""
+    labels: list[int]
+    """Same length as input_ids; -100 where no loss is taken."""
+    prompt_ids: list[int]
+    """Tokens up to and including the header of the last assistant turn (the prompt for generation)."""
+    reference: str
+    """The text of the last assistant turn (or completion)."""
+    line: int = 0
+    """Line of the source row."""
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class PreparedData:
+    """The tokenized training and validation examples and the report about them."""
+
+    train: list[Example]
+    """Training examples, in file order (shuffling is the trainer's)."""
+    validation: list[Example]
+    """Held-out examples (empty when no validation is configured)."""
+    report: DataReport
+    """Statistics, problems and samples."""
+    max_seq_length: int
+    """The resolved maxSeqLength ("auto" → the 99th percentile of lengths, capped at the model limit)."""
+    chat_template: str
+    """tokenizer, chatml, llama3, zephyr, inline or none (plain join)."""
+    stop_token_ids: list[int] = field(default_factory=list)
+    """EOS and single-token end-of-turn markers: where generation should stop."""
+
+
+def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int,
+                    model_max_length: int | None = None) -> PreparedData:
+    """Read, render, tokenize, mask, filter, split and check the dataset of a job.
+
+    Args:
+        spec: The job's `dataset` section.
+        tokenizer: A fast Hugging Face tokenizer whose pad token is not its EOS token.
+        seed: The job's seed (validation split).
+        model_max_length: The model's context length (caps `maxSeqLength`).
+
+    Returns:
+        The prepared examples.
+
+    Raises:
+        DataError: InvalidDataset, DatasetUnreadable, a storage code, or PreflightFailed.
+    """
+    train = read_dataset(spec.train.uri, spec.train.format)
+    validation = read_dataset(spec.validation.uri, spec.validation.format) if spec.validation else None
+    prepared, invalid, preflight = _build(spec, tokenizer, train, validation, seed, model_max_length)
+    if invalid:
+        raise DataError.from_problems("InvalidDataset", invalid)
+    if preflight:
+        raise DataError.from_problems("PreflightFailed", preflight)
+    return prepared
+
+
+def analyze(spec: DatasetSpec, tokenizer: Any, train: RawDataset, validation: RawDataset | None = None, *,
+            seed: int = 42, model_max_length: int | None = None) -> PreparedData:
+    """The same work as `prepare_dataset` on rows already read; problems go to `report.errors`."""
+    prepared, _, _ = _build(spec, tokenizer, train, validation, seed, model_max_length)
+    return prepared
+
+
+@dataclass
+class _Encoded:
+    conversation: Conversation
+    rendered: Rendered
+    ids: list[int]
+    starts: list[int]
+    labels: list[int]
+
+
+class _Renderers:
+    """One renderer per data kind, resolved once."""
+
+    def __init__(self, setting: str, tokenizer: Any) -> None:
+        self.setting = setting
+        self.tokenizer = tokenizer
+        self.cache: dict[str, Renderer] = {}
+
+    def get(self, kind: str) -> Renderer:
+        if kind not in self.cache:
+            self.cache[kind] = resolve_template(self.setting, self.tokenizer, kind)
+        return self.cache[kind]
+
+
+def _quality(conversations: list[Conversation], train_on: str) -> tuple[list[Conversation], Counter[str]]:
+    kept: list[Conversation] = []
+    dropped: Counter[str] = Counter()
+    for conv in conversations:
+        if conv.kind == "text":
+            if not conv.messages[0].content.strip():
+                dropped["empty_text"] += 1
+                continue
+        else:
+            assistants = [conv.messages[i] for i in conv.assistant_indexes]
+            if not assistants and train_on != "all":
+                dropped["no_assistant_turn"] += 1
+                continue
+            if any(not m.content.strip() and not m.tool_calls for m in assistants):
+                dropped["empty_response"] += 1
+                continue
+        kept.append(conv)
+    return kept, dropped
+
+
+def _dedup(conversations: list[Conversation], enabled: bool) -> tuple[list[Conversation], int]:
+    seen: set[str] = set()
+    kept, duplicates = [], 0
+    for conv in conversations:
+        key = conv.key()
+        if key in seen:
+            duplicates += 1
+            if enabled:
+                continue
+        seen.add(key)
+        kept.append(conv)
+    return kept, duplicates
+
+
+def _render_all(conversations: list[Conversation], renderers: _Renderers, train_on: TrainOn, tokenizer: Any,
+                file: str, problems: list[Problem]) -> list[_Encoded]:
+    rendered: list[tuple[Conversation, Rendered]] = []
+    for conv in conversations:
+        try:
+            rendered.append((conv, renderers.get(conv.kind).render(conv, train_on)))
+        except TemplateError as err:
+            problems.append(Problem(str(err), file, conv.line, "chatTemplate"))
+    encoded = encode(tokenizer, [r.text for _, r in rendered])
+    return [_Encoded(conv, r, ids, starts, mask_labels(ids, starts, r.trained))
+            for (conv, r), (ids, starts) in zip(rendered, encoded, strict=True)]
+
+
+def _percentile(sorted_values: list[int], pct: float) -> int:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return 0
+    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
+    return sorted_values[rank - 1]
+
+
+def _model_limit(tokenizer: Any, model_max_length: int | None) -> int | None:
+    if model_max_length:
+        return model_max_length
+    limit = getattr(tokenizer, "model_max_length", None)
+    return int(limit) if isinstance(limit, int) and 0 < limit < UNSET_MODEL_LENGTH else None
+
+
+def _apply_length(item: _Encoded, max_len: int, overlong: str, bos_id: int | None) -> tuple[Example | None, str]:
+    """The example cut to `max_len` (or None when dropped) and what happened: kept, truncated or a drop reason."""
+    ids, labels, starts = item.ids, item.labels, item.starts
+    prompt_len = first_token_at(starts, item.rendered.prompt_end)
+    line, reference = item.conversation.line, item.rendered.reference
+    if len(ids) <= max_len:
+        return Example(ids, labels, ids[:prompt_len], reference, line), "kept"
+    if overlong == "drop":
+        return None, "too_long"
+    if item.conversation.kind == "text":
+        # Plain text has no prompt side: keep the beginning.
+        return Example(ids[:max_len], labels[:max_len], ids[:prompt_len], reference, line), "truncated"
+    cut = len(ids) - max_len
+    head = 1 if ids and bos_id is not None and ids[0] == bos_id else 0
+    if prompt_len - head < cut:
+        return None, "response_too_long"
+    new_ids = ids[:head] + ids[head + cut:]
+    new_labels = labels[:head] + labels[head + cut:]
+    return Example(new_ids, new_labels, new_ids[:prompt_len - cut], reference, line), "truncated"
+
+
+def stop_token_ids(tokenizer: Any, renderer_markers: list[str]) -> list[int]:
+    """EOS plus every end-of-turn marker that is a single token of this tokenizer."""
+    out: list[int] = []
+    eos = getattr(tokenizer, "eos_token_id", None)
+    if isinstance(eos, int):
+        out.append(eos)
+    for marker in dict.fromkeys([*renderer_markers, *KNOWN_END_OF_TURN]):
+        if isinstance(tokenizer, ByteTokenizer):
+            token_id = tokenizer.convert_tokens_to_ids(marker)
+        else:
+            pieces = tokenizer(marker, add_special_tokens=False)["input_ids"]
+            token_id = pieces[0] if len(pieces) == 1 else None
+        if token_id is not None and token_id not in out:
+            out.append(token_id)
+    return out
+
+
+def _samples(tokenizer: Any, examples: list[Example]) -> list[Sample]:
+    samples = []
+    for ex in examples[:SAMPLES]:
+        segments: list[tuple[str, bool]] = []
+        run: list[int] = []
+        flag = False
+        for token, label in zip(ex.input_ids, ex.labels, strict=True):
+            trained = label != IGNORE_INDEX
+            if run and trained != flag:
+                segments.append((tokenizer.decode(run), flag))
+                run = []
+            run.append(token)
+            flag = trained
+        if run:
+            segments.append((tokenizer.decode(run), flag))
+        samples.append(Sample(ex.line, segments))
+    return samples
+
+
+def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: RawDataset | None, seed: int,
+           model_max_length: int | None) -> tuple[PreparedData, list[Problem], list[Problem]]:
+    """Returns (prepared data, problems with rows, preflight problems); problems are also in the report."""
+    file = train_raw.uri
+    report = DataReport(file=file, format="unknown", rows=len(train_raw.rows), sha256=train_raw.sha256,
+                        train_on=spec.train_on,
+                        tokenizer="byte-level fallback (1 token per UTF-8 byte; pass --tokenizer for real counts)"
+                        if isinstance(tokenizer, ByteTokenizer) else type(tokenizer).__name__)
+    invalid: list[Problem] = []
+    preflight: list[Problem] = []
+    schema, conversations, row_problems = convert_rows(train_raw.rows, spec.data_schema, spec.column_map, file)
+    report.format = schema
+    invalid.extend(row_problems)
+    dropped: Counter[str] = Counter()
+    if row_problems and conversations:
+        dropped["invalid"] = len(train_raw.rows) - len(conversations)
+    conversations, quality_drops = _quality(conversations, spec.train_on)
+    dropped.update(quality_drops)
+    conversations, report.duplicates = _dedup(conversations, spec.dedup)
+    if spec.dedup and report.duplicates:
+        dropped["duplicate"] = report.duplicates
+
+    validation_convs: list[Conversation] = []
+    val_file = val_raw.uri if val_raw else file
+    if val_raw is not None:
+        _, validation_convs, val_problems = convert_rows(val_raw.rows, schema if schema != "unknown" else "auto",
+                                                         spec.column_map, val_raw.uri)
+        invalid.extend(val_problems)
+        validation_convs, _ = _quality(validation_convs, spec.train_on)
+        validation_convs, _ = _dedup(validation_convs, spec.dedup)
+        train_keys = {c.key() for c in conversations}
+        report.validation_overlap = sum(1 for c in validation_convs if c.key() in train_keys)
+        if report.validation_overlap:
+            report.warnings.append(f"{report.validation_overlap} validation examples also occur in the training "
+                                   "data: evaluation loss will look better than it is")
+    elif spec.validation_split is not None and len(conversations) >= 2:  # one example each side at least
+        order = list(range(len(conversations)))
+        random.Random(seed).shuffle(order)  # noqa: S311 - a seeded split, not cryptography
+        n_val = min(len(conversations) - 1, max(1, round(len(conversations) * spec.validation_split)))
+        held = set(order[:n_val])
+        validation_convs = [c for i, c in enumerate(conversations) if i in held]
+        conversations = [c for i, c in enumerate(conversations) if i not in held]
+
+    renderers = _Renderers(spec.chat_template, tokenizer)
+    template_name = "none"
+    try:
+        kind = conversations[0].kind if conversations else "chat"
+        renderer = renderers.get(kind)
+        template_name = renderer.name
+    except TemplateError as err:
+        invalid.append(Problem(str(err), None, None, "chatTemplate"))
+        renderer = None
+    report.chat_template = template_name
+
+    encoded: list[_Encoded] = []
+    val_encoded: list[_Encoded] = []
+    if renderer is not None:
+        encoded = _render_all(conversations, renderers, spec.train_on, tokenizer, file, invalid)
+        val_encoded = _render_all(validation_convs, renderers, spec.train_on, tokenizer, val_file, invalid)
+
+    lengths = sorted(len(e.ids) for e in encoded)
+    report.length_percentiles = {"p50": _percentile(lengths, 50), "p95": _percentile(lengths, 95),
+                                 "p99": _percentile(lengths, 99), "max": lengths[-1] if lengths else 0}
+    limit = _model_limit(tokenizer, model_max_length)
+    if spec.max_seq_length == "auto":
+        max_len = _percentile(lengths, AUTO_PERCENTILE) or 1
+        max_len = min(max_len, limit) if limit else max_len
+    else:
+        max_len = int(spec.max_seq_length)
+        if limit and max_len > limit:
+            report.warnings.append(f"maxSeqLength {max_len} is above the model's limit {limit}; using {limit}")
+            max_len = limit
+    report.max_seq_length = max_len
+
+    bos_id = getattr(tokenizer, "bos_token_id", None)
+    train: list[Example] = []
+    for item in encoded:
+        example, outcome = _apply_length(item, max_len, spec.overlong, bos_id)
+        if example is None:
+            dropped[outcome] += 1
+            continue
+        report.truncated += outcome == "truncated"
+        train.append(example)
+    validation: list[Example] = []
+    for item in val_encoded:
+        example, _ = _apply_length(item, max_len, spec.overlong, bos_id)
+        if example is not None:
+            validation.append(example)
+
+    markers = [r.end_of_turn for r in renderers.cache.values() if isinstance(r, NamedTemplate)]
+    stops = stop_token_ids(tokenizer, markers)
+    stop_set = set(stops)
+    report.dropped = dict(sorted(dropped.items()))
+    report.train_examples, report.validation_examples = len(train), len(validation)
+    report.tokens = sum(len(e.input_ids) for e in train)
+    report.trainable_tokens = sum(sum(1 for label in e.labels if label != IGNORE_INDEX) for e in train)
+    report.trainable_fraction = round(report.trainable_tokens / report.tokens, 4) if report.tokens else 0.0
+    report.eos_trained = any(label in stop_set for e in train for label in e.labels)
+    report.samples = _samples(tokenizer, train)
+
+    if not invalid:
+        preflight = _preflight(spec, report, file, template_name, renderer)
+    report.errors = [p.to_json() for p in [*invalid, *preflight]]
+    prepared = PreparedData(train, validation, report, max_len, template_name, stops)
+    return prepared, invalid, preflight
+
+
+def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
+               renderer: Renderer | None) -> list[Problem]:
+    problems: list[Problem] = []
+    if report.train_examples == 0:
+        problems.append(Problem("no training examples are left after filtering "
+                                f"(dropped: {report.dropped or 'none'})", file, None, "dataset.train"))
+        return problems
+    if report.trainable_tokens == 0:
+        problems.append(Problem(f"no token carries loss (trainOn: {spec.train_on}, chat template: {template}); "
+                                "check that the rows have assistant turns", file, None, "dataset.trainOn"))
+    elif not report.eos_trained:
+        hint = ""
+        if isinstance(renderer, NamedTemplate):
+            hint = (f"; the {renderer.name} end-of-turn marker {renderer.end_of_turn} is not a single token of "
+                    "this tokenizer: use the chat template the model was trained with")
+        elif isinstance(renderer, JinjaTemplate):
+            hint = "; the chat template ends assistant turns without the EOS token"
+        problems.append(Problem("no EOS or end-of-turn token carries loss, so the model would never learn to stop"
+                                + hint, file, None, "dataset.chatTemplate"))
+    harmful = sum(n for reason, n in report.dropped.items() if reason not in HARMLESS_DROPS)
+    share = (harmful + report.truncated) / report.rows if report.rows else 0.0
+    if share > spec.max_dropped_fraction:
+        detail = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if reason not in HARMLESS_DROPS)
+        problems.append(Problem(
+            f"{share:.0%} of the rows were dropped or truncated ({detail or 'none dropped'}, "
+            f"{report.truncated} truncated at maxSeqLength {report.max_seq_length}), more than maxDroppedFraction "
+            f"{spec.max_dropped_fraction}; raise maxSeqLength or fix the data", file, None,
+            "dataset.maxDroppedFraction"))
+    return problems
