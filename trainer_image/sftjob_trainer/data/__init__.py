@@ -14,7 +14,7 @@ from sftjob_trainer.data.packing import (
     length_grouped_batches,
     pack_examples,
 )
-from sftjob_trainer.data.pipeline import Example, PreparedData, analyze, prepare_dataset
+from sftjob_trainer.data.pipeline import Example, PreparedData, analyze, encode_conversations, prepare_dataset
 from sftjob_trainer.data.readers import RawDataset, read_dataset
 from sftjob_trainer.data.report import DataReport
 from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer
@@ -35,6 +35,7 @@ __all__ = [
     "Problem",
     "RawDataset",
     "analyze",
+    "encode_conversations",
     "length_grouped_batches",
     "pack_examples",
     "prepare_dataset",

@@ -112,6 +112,21 @@ def analyze(spec: DatasetSpec, tokenizer: Any, train: RawDataset, validation: Ra
     return prepared
 
 
+def encode_conversations(conversations: list[Conversation], tokenizer: Any, *, chat_template: str = "auto",
+                         train_on: TrainOn = "assistant") -> list[Example]:
+    """Render, tokenize and mask conversations with no filtering and no length policy.
+
+    Raises:
+        DataError: InvalidDataset when the template cannot render a conversation.
+    """
+    problems: list[Problem] = []
+    encoded = _render_all(conversations, _Renderers(chat_template, tokenizer), train_on, tokenizer, "", problems)
+    if problems:
+        raise DataError.from_problems("InvalidDataset", problems)
+    return [Example(e.ids, e.labels, e.ids[:first_token_at(e.starts, e.rendered.prompt_end)], e.rendered.reference,
+                    e.conversation.line) for e in encoded]
+
+
 @dataclass
 class _Encoded:
     conversation: Conversation

@@ -1,0 +1,253 @@
+"""`sftjob data inspect FILE`: what the data pipeline makes of a dataset, and the dataset part of `sftjob validate`.
+
+Exit codes as everywhere in the CLI: 0 fine, 2 a problem with the input (each printed as
+`file:line: field: message`). The trainer is imported lazily, inside the handlers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from sftjob_cli.yaml_source import YamlDocument
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+# Terminal highlight of trained tokens (reverse video green) and the plain-text markers used otherwise.
+_ON, _OFF = "\x1b[30;42m", "\x1b[0m"
+_OPEN, _CLOSE = "[[", "]]"
+# A rendered sample longer than this is cut in the human output (the JSON keeps it whole).
+_SAMPLE_CHARS = 1500
+# `sftjob validate` must answer quickly when object storage is slow or unreachable: short timeouts, one try.
+_S3_CONNECT_TIMEOUT_S = 3
+_S3_READ_TIMEOUT_S = 20
+
+
+def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    """Add `sftjob data inspect` to the CLI."""
+    data = commands.add_parser("data", help="inspect datasets")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
+    inspect = sub.add_parser("inspect", help="report format, token counts, masks and problems of a dataset file")
+    inspect.add_argument("file", metavar="FILE", help="dataset file: a path or s3://bucket/key")
+    inspect.add_argument("--schema", default="auto",
+                         help="auto, prompt_completion, messages, alpaca, sharegpt or text (default: auto)")
+    inspect.add_argument("--tokenizer", metavar="PATH",
+                         help="directory of a Hugging Face tokenizer; without it counts are UTF-8 bytes")
+    inspect.add_argument("--chat-template", default="auto", help="auto, chatml, llama3, zephyr or inline Jinja")
+    inspect.add_argument("--train-on", default="assistant", help="assistant, last_assistant or all")
+    inspect.add_argument("--max-seq-length", default="auto", help="an integer, or auto (default)")
+    inspect.add_argument("--overlong", default="truncate_prompt", help="truncate_prompt (default) or drop")
+    inspect.add_argument("--column-map", action="append", default=[], metavar="FROM=TO",
+                         help="rename a column before the format is detected (repeatable)")
+    inspect.add_argument("--json", action="store_true", help="print one JSON object")
+    inspect.set_defaults(handler=_cmd_inspect)
+
+
+def _spec_from_args(args: argparse.Namespace) -> tuple[Any, str | None]:
+    """A DatasetSpec for the options, or an error paragraph naming the option."""
+    from pydantic import ValidationError
+
+    from sftjob_api.types import DatasetSpec
+    from sftjob_trainer.data.formats import SCHEMAS
+
+    if args.schema not in ("auto", *SCHEMAS):
+        return None, f"--schema: unknown schema '{args.schema}'; one of: auto, {', '.join(SCHEMAS)}"
+    column_map = {}
+    for item in args.column_map:
+        source, sep, target = item.partition("=")
+        if not sep or not source or not target:
+            return None, f"--column-map: expected FROM=TO, got '{item}'"
+        column_map[source] = target
+    max_len: int | str = args.max_seq_length
+    if max_len != "auto":
+        try:
+            max_len = int(max_len)
+        except ValueError:
+            return None, f"--max-seq-length: expected an integer or auto, got '{args.max_seq_length}'"
+    document = {"train": {"uri": args.file}, "schema": args.schema, "chatTemplate": args.chat_template,
+                "trainOn": args.train_on, "maxSeqLength": max_len, "overlong": args.overlong, "columnMap": column_map}
+    try:
+        return DatasetSpec.model_validate(document), None
+    except ValidationError as err:
+        first = err.errors(include_url=False)[0]
+        option = {"chatTemplate": "--chat-template", "trainOn": "--train-on", "maxSeqLength": "--max-seq-length",
+                  "overlong": "--overlong", "train": "FILE"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        return None, f"{option}: {first['msg'].removeprefix('Value error, ')}"
+
+
+def load_tokenizer(path: str | None) -> tuple[Any, str | None]:
+    """The tokenizer in directory `path` (the byte-level fallback when None), or an error paragraph."""
+    from sftjob_trainer.data import ByteTokenizer
+
+    if path is None:
+        return ByteTokenizer(), None
+    if not Path(path, "tokenizer_config.json").is_file() and not Path(path, "tokenizer.json").is_file():
+        return None, f"--tokenizer: {path}: no tokenizer_config.json or tokenizer.json in this directory"
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError) as err:
+        return None, f"--tokenizer: {path}: cannot load the tokenizer: {err}"
+    if not getattr(tokenizer, "is_fast", False):
+        return None, f"--tokenizer: {path}: a fast tokenizer (tokenizer.json) is needed for the offset-based masks"
+    return tokenizer, None
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    from sftjob_trainer.data import DataError, analyze, read_dataset
+
+    spec, problem = _spec_from_args(args)
+    tokenizer = None
+    if problem is None:
+        tokenizer, problem = load_tokenizer(args.tokenizer)
+    if problem is not None:
+        print(f"sftjob data inspect: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        raw = read_dataset(spec.train.uri, spec.train.format)
+    except DataError as err:
+        if args.json:
+            print(json.dumps({"file": args.file, "format": None, "rows": 0, "dropped": {}, "tokens": 0,
+                              "trainable_tokens": 0, "truncated": 0, "duplicates": 0,
+                              "errors": [p.to_json() for p in err.problems]}))
+        _print_problems(err.problems)
+        return EXIT_INVALID
+    report = analyze(spec, tokenizer, raw).report
+    if args.json:
+        print(json.dumps(report.to_json(), ensure_ascii=False))
+    else:
+        _print_report(report, spec, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+    for error in report.errors:
+        print(_problem_line(error), file=sys.stderr)
+    return EXIT_INVALID if report.errors else EXIT_OK
+
+
+def _problem_line(error: dict[str, Any]) -> str:
+    where = error.get("file") or "(dataset)"
+    if error.get("line") is not None:
+        where += f":{error['line']}"
+    field = f" {error['field']}:" if error.get("field") else ""
+    return f"{where}:{field} {error['message']}"
+
+
+def _print_problems(problems: list[Any]) -> None:
+    for problem in problems:
+        print(str(problem), file=sys.stderr)
+
+
+def _print_report(report: Any, spec: Any, color: bool) -> None:
+    out = sys.stdout.write
+    pct = report.length_percentiles
+    auto = " (auto: p99)" if spec.max_seq_length == "auto" else ""
+    out(f"file:        {report.file}\n")
+    out(f"format:      {report.format}    chat template: {report.chat_template}    trainOn: {report.train_on}\n")
+    out(f"tokenizer:   {report.tokenizer}\n")
+    out(f"rows:        {report.rows}    train examples: {report.train_examples}"
+        f"    validation examples: {report.validation_examples}\n")
+    dropped = ", ".join(f"{reason} {n}" for reason, n in report.dropped.items()) or "none"
+    out(f"dropped:     {dropped}\n")
+    out(f"duplicates:  {report.duplicates}    truncated: {report.truncated}\n")
+    out(f"tokens:      {report.tokens}    trainable: {report.trainable_tokens} ({report.trainable_fraction:.1%})"
+        f"    EOS trained: {'yes' if report.eos_trained else 'NO'}\n")
+    out(f"length:      p50 {pct.get('p50', 0)}    p95 {pct.get('p95', 0)}    max {pct.get('max', 0)}"
+        f"    maxSeqLength {report.max_seq_length}{auto}\n")
+    for warning in report.warnings:
+        out(f"warning:     {warning}\n")
+    for i, sample in enumerate(report.samples, start=1):
+        legend = "highlighted" if color else f"between {_OPEN} and {_CLOSE}"
+        out(f"\n--- example {i} (line {sample.line}); trained tokens {legend} ---\n")
+        text = "".join((f"{_ON}{t}{_OFF}" if color else f"{_OPEN}{t}{_CLOSE}") if trained else t
+                       for t, trained in sample.segments)
+        out((text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + " …") + "\n")
+
+
+def _readable(uri: str) -> str | None:
+    """None when the dataset file can be read from here, else why not (then it is not checked)."""
+    if not uri.startswith("s3://"):
+        return None if Path(uri).is_file() else "no such file on this machine"
+    if not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
+        # Without credentials boto3 would probe instance metadata for seconds before giving up.
+        return "no AWS credentials in the environment"
+    import boto3
+    from botocore.config import Config
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from sftjob_trainer.storage import parse_s3
+
+    loc = parse_s3(uri)
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, region_name=region,
+                          config=Config(connect_timeout=_S3_CONNECT_TIMEOUT_S, read_timeout=_S3_READ_TIMEOUT_S,
+                                        retries={"max_attempts": 1}))
+    try:
+        client.head_object(Bucket=loc.bucket, Key=loc.key)
+    except (BotoCoreError, ClientError) as err:
+        return f"not reachable from here ({type(err).__name__})"
+    return None
+
+
+def _local_tokenizer(source: str, base: Path) -> Any:
+    """A tokenizer from a local model directory, or None (the byte-level fallback is used then)."""
+    for candidate in (Path(source), base / source):
+        if candidate.is_dir() and (candidate / "tokenizer_config.json").is_file():
+            tokenizer, problem = load_tokenizer(str(candidate))
+            return tokenizer if problem is None else None
+    return None
+
+
+def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[str], list[str]]:
+    """Run the data preflight for each valid SFTJob whose dataset can be read from here.
+
+    Args:
+        documents: The parsed (and already validated) documents of one file.
+        name: The file name used in messages.
+
+    Returns:
+        Problem lines (`file:line: field: message`) and notes (what was checked, with which tokenizer,
+        or why a dataset was not checked).
+    """
+    from sftjob_api.types import parse_sftjob
+    from sftjob_trainer.data import ByteTokenizer, DataError, analyze, read_dataset
+
+    problems: list[str] = []
+    notes: list[str] = []
+    base = Path(name).parent if name != "-" else Path.cwd()
+    for document in documents:
+        job = parse_sftjob(document.data)
+        dataset = job.spec.dataset
+        uris = [dataset.train.uri] + ([dataset.validation.uri] if dataset.validation else [])
+        resolved = [u if u.startswith("s3://") or Path(u).is_file() or Path(u).is_absolute() else str(base / u)
+                    for u in uris]
+        why = next((r for r in (_readable(u) for u in resolved) if r), None)
+        if why:
+            notes.append(f"{name}: dataset {dataset.train.uri} not checked: {why}")
+            continue
+        spec = dataset.model_copy(update={"train": dataset.train.model_copy(update={"uri": resolved[0]})})
+        if dataset.validation:
+            spec = spec.model_copy(update={"validation": dataset.validation.model_copy(update={"uri": resolved[1]})})
+        tokenizer = _local_tokenizer(job.spec.model.source, base) or ByteTokenizer()
+        try:
+            train = read_dataset(resolved[0], dataset.train.format)
+            validation = read_dataset(resolved[1], dataset.validation.format) if dataset.validation else None
+        except DataError as err:
+            problems.extend(str(p) for p in err.problems)
+            continue
+        report = analyze(spec, tokenizer, train, validation, seed=job.spec.hyperparameters.seed).report
+        for error in report.errors:
+            if error.get("line") is None and str(error.get("field") or "").startswith("dataset."):
+                # A problem of the data as a whole points at the job's setting that governs it.
+                path = ("spec", *str(error["field"]).split("."))
+                line = document.line_of(path)
+                problems.append(f"{name}:{line}: spec.{error['field']}: {error['message']} ({error['file']})")
+            else:
+                problems.append(_problem_line(error))
+        fallback = " (byte-level token counts)" if isinstance(tokenizer, ByteTokenizer) else ""
+        notes.append(f"{name}: dataset {dataset.train.uri}: {report.format}, {report.train_examples} examples, "
+                     f"{report.trainable_tokens} trainable tokens{fallback}")
+    return problems, notes
