@@ -88,6 +88,12 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         problems = validate_documents(documents, path)
         for line in problems:
             print(line, file=sys.stderr)
+        if not problems:  # the spec is valid: check the dataset it names, where it can be read from here
+            from sftjob_cli.data_cmd import check_job_datasets
+
+            problems, notes = check_job_datasets(documents, path)
+            for line in [*notes, *problems]:
+                print(line, file=sys.stderr)
         if problems:
             failed = True
         else:
@@ -110,6 +116,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate = commands.add_parser("validate", help="check SFTJob files; exit 2 when any is invalid")
     validate.add_argument("files", nargs="+", metavar="FILE", help="SFTJob YAML file(s); '-' reads stdin")
     validate.set_defaults(handler=_cmd_validate)
+    from sftjob_cli import data_cmd
+
+    data_cmd.register(commands)
+    from sftjob_cli import run_cmd
+
+    run_cmd.register(commands)
     return parser
 
 
