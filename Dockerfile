@@ -17,7 +17,7 @@ COPY operator/ operator/
 COPY trainer_image/sftjob_trainer/ trainer_image/sftjob_trainer/
 # A local path: the versions are the pins of pyproject.toml's `operator` extra.
 RUN pip install --no-cache-dir "./[operator]" \
- && python -c "import sftjob_operator.handlers, kopf, kubernetes, boto3"
+ && python -c "import sftjob_operator.__main__, sftjob_operator.handlers, sftjob_operator.service"
 
 FROM ${PYTHON_IMAGE}
 # A fixed uid/gid so the chart's securityContext (runAsUser 10001) and the image agree.
@@ -32,6 +32,6 @@ ENV PATH=/opt/sftjob/bin:${PATH} \
 USER 10001:10001
 # 8080: Kopf's liveness endpoint (/healthz); 9102: the operator's Prometheus /metrics.
 EXPOSE 8080 9102
-ENTRYPOINT ["kopf", "run", "--standalone", "-m", "sftjob_operator.handlers", "--liveness=http://0.0.0.0:8080/healthz"]
-# The chart replaces this with --namespace=NS flags in namespaced mode.
-CMD ["--all-namespaces"]
+# Kopf in standalone mode (no peering: one replica); the watched namespaces and every other setting come
+# from SFTJOB_* environment variables (operator/sftjob_operator/settings.py), which the chart sets.
+ENTRYPOINT ["python", "-m", "sftjob_operator", "--liveness=http://0.0.0.0:8080/healthz"]

@@ -17,7 +17,7 @@ import pytest
 import yaml
 from jsonschema import Draft7Validator
 
-from sftjob_operator.settings import DEFAULT_METRICS_PORT, DEFAULT_TRAINER_IMAGE, Settings
+from sftjob_operator.settings import DEFAULT_LIVENESS_ENDPOINT, DEFAULT_METRICS_PORT, DEFAULT_TRAINER_IMAGE, Settings
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm"
@@ -183,6 +183,7 @@ def test_operator_accepts_the_namespaced_values() -> None:
 def test_probes_and_ports_match_the_operator_image() -> None:
     deployment = (CHART / "templates" / "deployment.yaml").read_text()
     dockerfile = (REPO / "Dockerfile").read_text()
+    assert f"--liveness={DEFAULT_LIVENESS_ENDPOINT}" in dockerfile
     liveness = re.search(r"--liveness=http://0\.0\.0\.0:(\d+)(/\w+)", dockerfile)
     assert liveness is not None
     port, path = liveness.groups()
