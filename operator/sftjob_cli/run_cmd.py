@@ -1,0 +1,119 @@
+"""`sftjob run job.yaml [--output DIR]`: run an SFTJob on a local Ray cluster with a live progress bar.
+
+The same trainer as in the cluster (`sftjob_trainer.driver.run_job`); the bar follows the job's
+progress.json, which is exactly what the operator reads.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+from typing import Any
+
+# Seconds between two reads of progress.json for the bar (the trainer writes it every few seconds).
+POLL_S = 1.0
+
+
+def register(commands: Any) -> None:
+    """Add the `run` subcommand."""
+    run = commands.add_parser("run", help="run an SFTJob locally on Ray (validates, preflights, trains, exports)")
+    run.add_argument("file", metavar="FILE", help="SFTJob YAML file")
+    run.add_argument("--output", metavar="DIR", help="output directory or s3:// URI (overrides spec.output.uri)")
+    run.add_argument("--ray-address", metavar="ADDRESS", help="join this Ray cluster (default: start a local one)")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bar (e.g. in CI logs)")
+    run.set_defaults(handler=_cmd_run)
+
+
+def _load(path: str) -> Any:
+    from sftjob_cli.main import validate_documents
+    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+
+    try:
+        documents = load_documents(read_text(path), path)
+    except SourceError as err:
+        print(err, file=sys.stderr)
+        return None
+    problems = validate_documents(documents, path)
+    if len(documents) != 1 and not problems:
+        problems = [f"{path}: expected exactly one SFTJob document, found {len(documents)}"]
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return None
+    from sftjob_api.types import parse_sftjob
+
+    return parse_sftjob(documents[0].data)
+
+
+def _follow(output_uri: str, done: threading.Event) -> None:
+    """Draw a progress bar from progress.json until `done` is set."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from sftjob_api.progress import PROGRESS_FILE, ProgressFile
+    from sftjob_trainer import storage
+    from sftjob_trainer.reporting import eta_seconds, format_duration
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+               TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
+    with Progress(*columns, transient=False) as bar:
+        task = bar.add_task("Initializing", total=None, detail="")
+        while not done.wait(POLL_S):
+            try:
+                state = ProgressFile.model_validate_json(storage.read_bytes(storage.join(output_uri, PROGRESS_FILE)))
+            except (storage.StorageError, ValueError):
+                continue
+            details = []
+            if state.metrics.train_loss is not None:
+                details.append(f"loss {state.metrics.train_loss:.4f}")
+            if state.metrics.eval_loss is not None:
+                details.append(f"eval {state.metrics.eval_loss:.4f}")
+            eta = eta_seconds(state)
+            if eta is not None and state.phase == "Running":
+                details.append(f"ETA {format_duration(eta)}")
+            bar.update(task, description=state.phase, total=state.total_steps, completed=state.step,
+                       detail="  ".join(details))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    job = _load(args.file)
+    if job is None:
+        return 2
+    from sftjob_trainer.config import context_for
+    from sftjob_trainer.driver import run_job
+    from sftjob_trainer.errors import TrainerError
+
+    try:
+        ctx = context_for(job, 1, args.output)
+    except TrainerError as err:
+        print(f"{args.file}: {err.field}: {err.message}", file=sys.stderr)
+        return 2
+    done = threading.Event()
+    follower = None
+    if not args.no_progress:
+        follower = threading.Thread(target=_follow, args=(ctx.output_uri, done), daemon=True)
+        follower.start()
+    try:
+        result = run_job(ctx, ray_address=args.ray_address)
+    except TrainerError as err:
+        done.set()
+        if follower is not None:
+            follower.join()
+        where = f" ({err.field})" if err.field else ""
+        print(f"sftjob run: failed: {err.code}{where}: {err.message}", file=sys.stderr)
+        return 2 if err.code in ("InvalidSpec", "InvalidDataset", "PreflightFailed", "DatasetUnreadable",
+                                 "ModelUnreadable", "UnsupportedDevice", "MissingCredentials") else 1
+    finally:
+        done.set()
+    if follower is not None:
+        follower.join()
+    metrics = result.progress.metrics
+    print(f"artifacts: {result.output_uri}")
+    print(f"steps: {result.progress.step}/{result.progress.total_steps}  train loss: {metrics.train_loss}  "
+          f"eval loss: {metrics.eval_loss}  token accuracy: {metrics.token_accuracy}")
+    base, tuned, count = result.exact_match
+    if count:
+        print(f"held-out exact match ({count} prompts): base {base:.1%} -> fine-tuned {tuned:.1%}")
+    return 0

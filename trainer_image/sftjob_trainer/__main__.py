@@ -1,0 +1,32 @@
+"""`python -m sftjob_trainer`: run the SFTJob given in SFTJOB_CONFIG (JSON) or SFTJOB_CONFIG_FILE.
+
+Exit codes: 0 success, 1 a failure recorded in progress.json (`phase: Failed`, `error`). Expected
+failures print one line to stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sftjob_trainer.errors import TrainerError
+
+
+def main() -> int:
+    """Run the configured job; returns the exit code."""
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    from sftjob_trainer.config import load_context
+    from sftjob_trainer.driver import run_job
+
+    try:
+        ctx = load_context()
+        result = run_job(ctx)
+    except TrainerError as err:
+        print(f"sftjob-trainer: {err.code}: {err.message}", file=sys.stderr)
+        return 1
+    print(f"sftjob-trainer: succeeded after {result.progress.step} steps; artifacts in {result.output_uri}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

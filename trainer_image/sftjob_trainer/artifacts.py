@@ -1,0 +1,215 @@
+"""Artifacts: generated eval samples, the loss plot, the model card and manifest.json (written last)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from sftjob_api.progress import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, ProgressFile
+from sftjob_api.types import SFTJob
+from sftjob_trainer import storage
+
+EVAL_SAMPLES_FILE = "eval_samples.jsonl"
+LOSS_PLOT_FILE = "loss.png"
+MODEL_CARD_FILE = "README.md"
+# Version of the manifest.json layout; bumped when a reader would have to change.
+MANIFEST_VERSION = 1
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def publish_dir(local: Path, uri: str) -> dict[str, dict[str, Any]]:
+    """Upload every file under `local` to `uri` and return `{relative path: {sha256, size}}`."""
+    entries: dict[str, dict[str, Any]] = {}
+    for name in storage.upload_dir(local, uri):
+        path = local / name
+        entries[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+    return entries
+
+
+def describe_bytes(data: bytes) -> dict[str, Any]:
+    """The manifest entry `{sha256, size}` of a file's content."""
+    return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+
+
+def publish_bytes(data: bytes, uri: str) -> dict[str, Any]:
+    """Write one file and return its `{sha256, size}`."""
+    storage.write_bytes(uri, data)
+    return describe_bytes(data)
+
+
+def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
+                     stop_token_ids: list[int] | None = None) -> list[str]:
+    """Greedy answers to tokenised prompts, decoded without special tokens.
+
+    Args:
+        model: A causal LM or PeftModel (in eval mode while generating).
+        tokenizer: Its tokenizer.
+        prompts: Prompt token ids, one list per sample.
+        max_new_tokens: Longest answer.
+        stop_token_ids: Tokens that end an answer (EOS and end-of-turn markers; default the tokenizer's EOS).
+
+    Returns:
+        One answer per prompt.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    device = next(p for p in model.parameters()).device
+    answers = []
+    with torch.no_grad():
+        for ids in prompts:
+            input_ids = torch.tensor([ids], device=device)
+            out = model.generate(
+                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids or tokenizer.eos_token_id,
+            )
+            answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
+    if was_training:
+        model.train()
+    return answers
+
+
+def eval_samples_jsonl(samples: list[dict[str, Any]], base: list[str], tuned: list[str]) -> bytes:
+    """eval_samples.jsonl: prompt, reference, base-model answer, fine-tuned answer, exact matches."""
+    lines = []
+    for sample, base_answer, tuned_answer in zip(samples, base, tuned, strict=True):
+        reference = sample["reference"].strip()
+        lines.append(json.dumps({
+            "prompt": sample["prompt"],
+            "reference": reference,
+            "base": base_answer,
+            "finetuned": tuned_answer,
+            "base_exact_match": base_answer == reference,
+            "finetuned_exact_match": tuned_answer == reference,
+        }, ensure_ascii=False))
+    return ("\n".join(lines) + "\n").encode() if lines else b""
+
+
+def exact_match(records: Iterable[dict[str, Any]]) -> tuple[float, float, int]:
+    """(base, fine-tuned) exact-match rate and the sample count of eval_samples.jsonl records."""
+    rows = list(records)
+    if not rows:
+        return 0.0, 0.0, 0
+    base = sum(bool(r["base_exact_match"]) for r in rows) / len(rows)
+    tuned = sum(bool(r["finetuned_exact_match"]) for r in rows) / len(rows)
+    return base, tuned, len(rows)
+
+
+def loss_plot_png(metrics: list[dict[str, Any]]) -> bytes:
+    """loss.png: training and evaluation loss over optimizer steps."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = [(m["step"], m["loss"]) for m in metrics if "loss" in m]
+    evals = [(m["step"], m["eval_loss"]) for m in metrics if "eval_loss" in m]
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train, strict=True), label="train loss")
+    if evals:
+        ax.plot(*zip(*evals, strict=True), marker="o", label="eval loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return buffer.getvalue()
+
+
+def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bool, merged: bool,
+               exact: tuple[float, float, int]) -> str:
+    """README.md: base model, data stats, method, resolved hyperparameters, final metrics, how to load it."""
+    spec = job.spec
+    resolved = progress.resolved.model_dump(exclude_none=True, by_alias=True) if progress.resolved else {}
+    stats = progress.dataset.model_dump(exclude_none=True, by_alias=True) if progress.dataset else {}
+    metrics = progress.metrics.model_dump(exclude_none=True, by_alias=True)
+    method = spec.method.model_dump(exclude_none=True, by_alias=True)
+    if adapter:
+        load = (
+            "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
+            f'model = AutoPeftModelForCausalLM.from_pretrained("{ADAPTER_DIR}")  # fetch {output_uri}/{ADAPTER_DIR}\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{ADAPTER_DIR}")\n```\n'
+        )
+    else:
+        load = ""
+    if merged or not adapter:
+        load += (
+            "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'model = AutoModelForCausalLM.from_pretrained("{MODEL_DIR}")  # fetch {output_uri}/{MODEL_DIR}\n'
+            f'tokenizer = AutoTokenizer.from_pretrained("{MODEL_DIR}")\n```\n'
+        )
+
+    def table(data: dict[str, Any]) -> str:
+        rows = "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, dict | list) else v} |" for k, v in data.items())
+        return "| field | value |\n|---|---|\n" + rows + "\n"
+
+    base_em, tuned_em, count = exact
+    return (
+        f"---\nbase_model: {spec.model.source}\nlibrary_name: {'peft' if adapter else 'transformers'}\n"
+        f"tags: [sftjob, sft, {spec.method.type}]\n---\n\n"
+        f"# {job.name}\n\nSupervised fine-tuning of `{spec.model.source}`"
+        f"{f' (revision {spec.model.revision})' if spec.model.revision else ''} with **{spec.method.type}**, "
+        f"trained by sftjob in {progress.step} optimizer steps.\n\n"
+        f"## Data\n\nTraining file `{spec.dataset.train.uri}`.\n\n{table(stats)}\n"
+        f"## Method\n\n{table(method)}\n"
+        f"## Resolved hyperparameters\n\n{table(resolved)}\n"
+        f"## Final metrics\n\n{table(metrics)}\n"
+        f"Held-out exact match on {count} generated samples: base {base_em:.1%}, fine-tuned {tuned_em:.1%} "
+        f"(see `{EVAL_SAMPLES_FILE}`; loss curves in `{LOSS_PLOT_FILE}`).\n\n"
+        f"## How to load it\n\n{load}"
+    )
+
+
+def versions() -> dict[str, str]:
+    """Versions of the stack that trained the model."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for package in ("sftjob", "torch", "transformers", "peft", "trl", "ray", "accelerate"):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any]], base_revision: str | None,
+             final_metrics: dict[str, Any]) -> bytes:
+    """manifest.json: sha256 and size of every artifact, resolved settings, dataset digest and stats, versions."""
+    body = {
+        "manifestVersion": MANIFEST_VERSION,
+        "job": {"name": job.name, "namespace": job.metadata.namespace},
+        "baseModel": {"source": job.spec.model.source, "revision": base_revision},
+        "method": job.spec.method.type,
+        "resolved": progress.resolved.to_wire() if progress.resolved else None,
+        "dataset": progress.dataset.to_wire() if progress.dataset else None,
+        "metrics": final_metrics,
+        "steps": progress.step,
+        "versions": versions(),
+        "files": dict(sorted(files.items())),
+    }
+    return json.dumps(body, indent=2).encode()
+
+
+def write_manifest(output_uri: str, data: bytes) -> None:
+    """Write manifest.json (call last: readers trust the output only once it exists)."""
+    storage.write_bytes(storage.join(output_uri, MANIFEST_FILE), data)

@@ -1,0 +1,344 @@
+"""The driver of one job: preflight, data prepared once, Ray Train `TorchTrainer`, then export.
+
+Used by `python -m sftjob_trainer` (in the RayJob) and by `sftjob run` (on a local Ray cluster).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sftjob_api.progress import CHECKPOINTS_DIR, METRICS_FILE, ProgressFile
+from sftjob_api.types import Metrics, SFTJob
+from sftjob_trainer import storage
+from sftjob_trainer.artifacts import (
+    LOSS_PLOT_FILE,
+    MODEL_CARD_FILE,
+    EVAL_SAMPLES_FILE,
+    describe_bytes,
+    exact_match,
+    loss_plot_png,
+    manifest,
+    model_card,
+    publish_bytes,
+    write_manifest,
+)
+from sftjob_trainer.config import JobContext
+from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.hparams import Device, Plan, resolve, training_arguments
+from sftjob_trainer.methods import check_device, is_adapter_method
+from sftjob_trainer.reporting import ProgressWriter, read_metrics
+
+# Offset of the eval-sample choice from the job seed, so it does not mirror the validation split's shuffle.
+SAMPLE_SEED_OFFSET = 1
+
+
+@dataclass
+class RunResult:
+    """What a finished job produced."""
+
+    output_uri: str
+    """The job's output directory."""
+    progress: ProgressFile
+    """The final progress (phase Succeeded)."""
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Artifacts listed in manifest.json."""
+    exact_match: tuple[float, float, int] = (0.0, 0.0, 0)
+    """(base, fine-tuned) held-out exact match and the number of samples."""
+
+
+def s3_filesystem() -> Any:
+    """A pyarrow S3 filesystem from the standard AWS environment variables (Ray Train checkpoint storage)."""
+    from pyarrow import fs
+
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
+    kwargs: dict[str, Any] = {
+        "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+    }
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]
+        kwargs["secret_key"] = os.environ.get("AWS_SECRET_ACCESS_KEY")
+        kwargs["session_token"] = os.environ.get("AWS_SESSION_TOKEN")
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs["endpoint_override"] = host.rstrip("/")
+        kwargs["scheme"] = scheme
+    return fs.S3FileSystem(**kwargs)
+
+
+def checkpoint_storage(output_uri: str) -> tuple[str, Any]:
+    """(storage_path, filesystem) of RunConfig for `<output>/checkpoints`."""
+    uri = storage.join(output_uri, CHECKPOINTS_DIR)
+    if storage.is_s3(uri):
+        return uri[len("s3://") :], s3_filesystem()
+    return str(Path(uri).absolute()), None
+
+
+def run_name(ctx: JobContext) -> str:
+    """The Ray Train run name: the job name, so a rerun of `resumeFrom: latest` restores its checkpoints.
+
+    `none` and an explicit checkpoint URI start a run of their own per attempt, which Ray cannot
+    restore from the job's earlier checkpoints.
+    """
+    resume = ctx.job.spec.checkpointing.resume_from
+    return ctx.name if resume == "latest" else f"{ctx.name}-a{ctx.attempt}"
+
+
+def _data_error(err: Exception) -> TrainerError:
+    code = getattr(err, "code", "InvalidDataset")
+    file, line = getattr(err, "file", None), getattr(err, "line", None)
+    where = f"{file}:{line}" if file and line else file or getattr(err, "field", None) or "spec.dataset"
+    if code == "NotFound":
+        code = "DatasetUnreadable"
+    return TrainerError(code, str(err), where)
+
+
+def prepare(ctx: JobContext, writer: ProgressWriter) -> tuple[Any, Any, Path]:
+    """Preflight: resolve the model, load its tokenizer and prepare the data once.
+
+    Returns:
+        (prepared data, tokenizer, model directory).
+
+    Raises:
+        TrainerError: ModelUnreadable, a data or storage code, or PreflightFailed.
+    """
+    from sftjob_trainer.data import DataError, prepare_dataset
+    from sftjob_trainer.model_loading import load_tokenizer, resolve_model_dir
+
+    spec = ctx.job.spec
+    writer.set_phase("Preparing", "loading the tokenizer and preparing the data")
+    model_dir = resolve_model_dir(spec.model)
+    tokenizer = load_tokenizer(model_dir, spec.model)
+    limit = _model_limit(model_dir)
+    try:
+        prepared = prepare_dataset(spec.dataset, tokenizer, seed=spec.hyperparameters.seed, model_max_length=limit)
+    except DataError as err:
+        raise _data_error(err) from None
+    except storage.StorageError as err:
+        raise _data_error(err) from None
+    if not prepared.train:
+        raise TrainerError("PreflightFailed", "no training examples are left after filtering", "spec.dataset.train")
+    return prepared, tokenizer, model_dir
+
+
+def _model_limit(model_dir: Path) -> int | None:
+    import json
+
+    config = json.loads((model_dir / "config.json").read_text())
+    value = config.get("max_position_embeddings")
+    return int(value) if isinstance(value, int) else None
+
+
+def count_params(model_dir: Path, spec: Any) -> int:
+    """Parameters of the base model, counted on the meta device (no weights are loaded)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+    return sum(p.numel() for p in model.parameters())
+
+
+def sequences(prepared: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]] | None]:
+    """The examples the Trainer iterates (train, validation).
+
+    Batches are formed from examples in both modes, so `batchSize` counts examples: `packed` flattens
+    each micro-batch into one padding-free row (PackedCollator, attention bounded per example),
+    `length_grouped` pads length-grouped batches (PaddedCollator).
+    """
+    def rows(examples: list[Any]) -> list[dict[str, Any]]:
+        return [{"input_ids": e.input_ids, "labels": e.labels} for e in examples]
+
+    return rows(prepared.train), (rows(prepared.validation) if prepared.validation else None)
+
+
+def eval_prompts(prepared: Any, tokenizer: Any, count: int, seed: int) -> list[dict[str, Any]]:
+    """Up to `count` held-out examples (seeded choice) as {prompt, prompt_ids, reference}."""
+    pool = list(prepared.validation)
+    random.Random(seed + SAMPLE_SEED_OFFSET).shuffle(pool)
+    return [{"prompt": tokenizer.decode(e.prompt_ids), "prompt_ids": e.prompt_ids, "reference": e.reference}
+            for e in pool[:count]]
+
+
+def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) -> tuple[Plan, str]:
+    """Resolve hyperparameters and the batching strategy.
+
+    Returns:
+        (plan, batching) where batching is `packed` or `length_grouped`.
+    """
+    spec = ctx.job.spec
+    cuda = spec.compute.gpus_per_worker > 0
+    check_device(spec.method, cuda)
+    if spec.output.merge_adapter and spec.method.type == "prompt_tuning":
+        raise TrainerError("InvalidSpec", "output.mergeAdapter: prompt tuning has no weights to merge into the base",
+                           "spec.output.mergeAdapter")
+    # Prompt tuning prepends virtual tokens to every row, so one packed row would share one prompt.
+    batching = "packed" if spec.dataset.packing and spec.method.type != "prompt_tuning" else "length_grouped"
+    rows, _ = sequences(prepared)
+    plan = resolve(spec, Device(cuda=cuda, bf16=cuda), count_params(model_dir, spec), len(rows),
+                   max_seq_length=prepared.max_seq_length, batching=batching, chat_template=prepared.chat_template)
+    return plan, batching
+
+
+def _worker_error(err: BaseException) -> TrainerError | None:
+    """The TrainerError a worker raised, found in the chain Ray wraps it in."""
+    seen: set[int] = set()
+    stack: list[Any] = [err]
+    while stack:
+        item = stack.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, TrainerError):
+            return item
+        if isinstance(item, BaseException):
+            stack.extend([item.__cause__, item.__context__, *item.args])
+            for attr in ("worker_failures", "cause", "error"):
+                value = getattr(item, attr, None)
+                if isinstance(value, dict):
+                    stack.extend(value.values())
+                elif value is not None:
+                    stack.append(value)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return None
+
+
+def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
+    """Run one SFTJob to completion: preflight, training on Ray Train workers, artifacts.
+
+    Args:
+        ctx: The job context.
+        ray_address: Ray cluster to join (None: `RAY_ADDRESS`, an already initialised Ray, or a new local one).
+
+    Returns:
+        The result.
+
+    Raises:
+        TrainerError: Every expected failure, after progress.json says Failed.
+    """
+    writer = ProgressWriter(ctx.output_uri, ctx.attempt)
+    try:
+        return _run(ctx, writer, ray_address)
+    except TrainerError as err:
+        writer.fail(err.to_status())
+        raise
+
+
+def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> RunResult:
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from sftjob_trainer.worker import train_loop
+
+    spec = ctx.job.spec
+    earlier = writer.load_existing()
+    writer.set_phase("Initializing", "starting")
+    prepared, tokenizer, model_dir = prepare(ctx, writer)
+    plan, batching = plan_job(ctx, prepared, tokenizer, model_dir)
+    train_rows, val_rows = sequences(prepared)
+    stats = prepared.report.to_stats()
+    resumable = spec.checkpointing.resume_from == "latest" and earlier is not None
+    known = [c.to_wire() for c in earlier.checkpoints] if resumable and earlier else []
+    writer.update(force=True, resolved=plan.resolved, dataset=stats, total_steps=plan.total_steps,
+                  checkpoints=earlier.checkpoints if resumable and earlier else [],
+                  trained_tokens=earlier.trained_tokens if resumable and earlier else 0)
+    sft_args = training_arguments(spec, plan, "unused")
+    sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
+    if not ray.is_initialized():
+        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
+                 configure_logging=False, log_to_driver=False)
+    storage_path, filesystem = checkpoint_storage(ctx.output_uri)
+    resume_from = spec.checkpointing.resume_from
+    config = {
+        "job": ctx.job.to_wire(),
+        "output_uri": ctx.output_uri,
+        "attempt": ctx.attempt,
+        "plan": sft_args,
+        "batching": batching,
+        "load_dtype": _load_dtype(spec, plan),
+        "train": ray.put(train_rows),
+        "validation": ray.put(val_rows) if val_rows else None,
+        "samples": eval_prompts(prepared, tokenizer, spec.evaluation.num_samples, spec.hyperparameters.seed),
+        "stop_token_ids": prepared.stop_token_ids,
+        "checkpoints_uri": storage.join(ctx.output_uri, CHECKPOINTS_DIR, run_name(ctx)),
+        "known_checkpoints": known,
+        "base_tokens": writer.state.trained_tokens,
+        "progress": writer.state.model_dump(),
+        "resume_uri": None if resume_from in ("latest", "none") else resume_from,
+    }
+    gpus = spec.compute.gpus_per_worker
+    resources = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config=config,
+        scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=gpus > 0,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=run_name(ctx),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            failure_config=FailureConfig(max_failures=spec.run_policy.backoff_limit),
+            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpointing.keep),
+        ),
+    )
+    writer.set_phase("Running", "starting Ray Train workers")
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        found = _worker_error(err)
+        if found is not None:
+            raise found from None
+        raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
+    return export(ctx, result.metrics or {}, writer)
+
+
+def _load_dtype(spec: Any, plan: Plan) -> str:
+    """The dtype the base weights load in: model.dtype, else the training precision's (fp32 keeps AMP masters)."""
+    if spec.model.dtype != "auto":
+        return str(spec.model.dtype)
+    return "fp32" if plan.resolved.precision in ("fp32", "fp16") else "bf16"
+
+
+def export(ctx: JobContext, final: dict[str, Any], writer: ProgressWriter) -> RunResult:
+    """Write loss.png, README.md and manifest.json (last) next to what rank 0 saved."""
+    import json
+
+    ran = writer.load_existing() or writer.state  # rank 0's last write, before this writer replaces it
+    progress = writer.state.model_copy(update={
+        "step": ran.step, "epoch": ran.epoch, "metrics": ran.metrics, "checkpoints": ran.checkpoints,
+        "trained_tokens": ran.trained_tokens, "resumed_from_step": ran.resumed_from_step,
+        "total_steps": ran.total_steps, "percentage": ran.percentage,
+    })
+    writer.state = progress
+    writer.set_phase("Exporting", "writing the loss plot, model card and manifest")
+    files: dict[str, dict[str, Any]] = dict(final.get("files", {}))
+    metrics = read_metrics(ctx.output_uri)
+    files[LOSS_PLOT_FILE] = publish_bytes(loss_plot_png(metrics), storage.join(ctx.output_uri, LOSS_PLOT_FILE))
+    samples_text = storage.read_bytes(storage.join(ctx.output_uri, EVAL_SAMPLES_FILE)).decode()
+    exact = exact_match(json.loads(line) for line in samples_text.splitlines() if line.strip())
+    spec = ctx.job.spec
+    adapter = is_adapter_method(spec.method)
+    card = model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
+                      spec.output.merge_adapter, exact)
+    files[MODEL_CARD_FILE] = publish_bytes(card.encode(), storage.join(ctx.output_uri, MODEL_CARD_FILE))
+    files[METRICS_FILE] = describe_bytes(storage.read_bytes(storage.join(ctx.output_uri, METRICS_FILE)))
+    final_metrics = _final_metrics(progress.metrics, metrics)
+    final_metrics.update({"base_exact_match": exact[0], "finetuned_exact_match": exact[1], "eval_samples": exact[2]})
+    write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics))
+    writer.set_phase("Succeeded", f"artifacts in {ctx.output_uri}", percentage=100.0, estimated_finish_time=None)
+    return RunResult(ctx.output_uri, writer.state, files, exact)
+
+
+def _final_metrics(latest: Metrics, records: list[dict[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = latest.to_wire()
+    evals = [r for r in records if "eval_loss" in r]
+    if evals:
+        out["evalPerplexity"] = math.exp(min(evals[-1]["eval_loss"], 50.0))  # exp(50) bounds a diverged run
+    return out

@@ -1,0 +1,185 @@
+"""Base model and tokenizer: from `hf://org/name[@rev]`, `s3://bucket/prefix` or a local directory.
+
+An s3:// model is downloaded once per node: workers on one node take a file lock, and the first
+one to hold it downloads while the others wait and then reuse the copy.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sftjob_api.types import ModelSpec
+from sftjob_trainer import storage
+from sftjob_trainer.errors import TrainerError
+
+PAD_TOKEN = "<|pad|>"
+CACHE_ENV = "SFTJOB_CACHE_DIR"
+# Marks a complete download; a directory without it was cut short and is fetched again.
+_COMPLETE = ".sftjob-complete"
+
+
+def cache_root() -> Path:
+    """Where downloaded models live on this node (`SFTJOB_CACHE_DIR`, else a temp-dir subfolder)."""
+    return Path(os.environ.get(CACHE_ENV) or Path(tempfile.gettempdir()) / "sftjob-cache")
+
+
+def split_hf(source: str, revision: str | None) -> tuple[str, str | None]:
+    """`hf://org/name@rev` → (`org/name`, revision); `revision` overrides the suffix."""
+    repo, _, suffix = source[len("hf://") :].partition("@")
+    return repo, revision or suffix or None
+
+
+def _download_s3(uri: str) -> Path:
+    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock_path = target.with_suffix(".lock")
+    with lock_path.open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not (target / _COMPLETE).exists():
+                storage.download_dir(uri, target)
+                (target / _COMPLETE).write_text(uri)
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    return target
+
+
+def _download_hf(spec: ModelSpec) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    repo, revision = split_hf(spec.source, spec.revision)
+    patterns = None if spec.allow_unsafe_weights else ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]
+    try:
+        path = snapshot_download(
+            repo, revision=revision, token=os.environ.get("HF_TOKEN") or None, allow_patterns=patterns,
+            cache_dir=str(cache_root() / "hf"),
+        )
+    except GatedRepoError:
+        raise TrainerError(
+            "AccessDenied", f"{spec.source} is gated: put an HF_TOKEN with access into the model.secretRef Secret",
+            "spec.model.secretRef",
+        ) from None
+    except RepositoryNotFoundError:
+        raise TrainerError(
+            "ModelUnreadable", f"{spec.source}: no such model repository (or it is private and HF_TOKEN is missing)",
+            "spec.model.source",
+        ) from None
+    except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
+        raise TrainerError(
+            "StorageUnavailable", f"{spec.source}: cannot download from the Hugging Face Hub: {err}", "spec.model.source"
+        ) from None
+    return Path(path)
+
+
+def resolve_model_dir(spec: ModelSpec) -> Path:
+    """A local directory holding the base model's files.
+
+    Args:
+        spec: `spec.model`.
+
+    Returns:
+        The directory (a download cache for hf:// and s3://, the path itself otherwise).
+
+    Raises:
+        TrainerError: ModelUnreadable, AccessDenied, MissingCredentials or StorageUnavailable.
+    """
+    if spec.source.startswith("hf://"):
+        return _download_hf(spec)
+    if storage.is_s3(spec.source):
+        try:
+            return _download_s3(spec.source)
+        except storage.StorageError as err:
+            code = "ModelUnreadable" if err.code == "NotFound" else err.code
+            raise TrainerError(code, f"base model: {err}", "spec.model.source") from None
+    path = Path(spec.source)
+    if not (path / "config.json").is_file():
+        what = "does not exist" if not path.exists() else "has no config.json (not a save_pretrained directory)"
+        raise TrainerError("ModelUnreadable", f"base model {spec.source} {what}", "spec.model.source")
+    return path
+
+
+def load_tokenizer(model_dir: Path, spec: ModelSpec) -> Any:
+    """The tokenizer, with a padding token that is not EOS (so EOS is trained, never masked as padding).
+
+    Uses `<|pad|>` when the vocabulary has it, else an unused special token such as `<unk>`, else adds
+    `<|pad|>` (the model's embeddings then grow by one row: see `load_model`).
+
+    Args:
+        model_dir: The model directory.
+        spec: `spec.model` (for trust_remote_code).
+
+    Returns:
+        The tokenizer.
+
+    Raises:
+        TrainerError: ModelUnreadable when no tokenizer loads.
+    """
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.trust_remote_code)
+    except (OSError, ValueError) as err:
+        raise TrainerError("ModelUnreadable", f"tokenizer of {spec.source}: {err}", "spec.model.source") from None
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        vocab = tokenizer.get_vocab()
+        if PAD_TOKEN in vocab:
+            tokenizer.pad_token = PAD_TOKEN
+        elif tokenizer.unk_token is not None and tokenizer.unk_token_id != tokenizer.eos_token_id:
+            tokenizer.pad_token = tokenizer.unk_token
+        else:
+            tokenizer.add_special_tokens({"pad_token": PAD_TOKEN})
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def torch_dtype(name: str) -> Any:
+    """The torch dtype for `bf16`/`fp16`/`fp32` or `bfloat16`/`float16`/`float32`."""
+    import torch
+
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    return table[name]
+
+
+def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, quantization: Any = None) -> Any:
+    """The causal LM, in `dtype`, embeddings resized when the tokenizer gained a token.
+
+    Args:
+        model_dir: The model directory.
+        spec: `spec.model` (safetensors-only unless allowUnsafeWeights, trust_remote_code).
+        tokenizer: From `load_tokenizer`.
+        dtype: `fp32`, `bf16` or `fp16`.
+        quantization: A transformers `BitsAndBytesConfig` for QLoRA, or None.
+
+    Returns:
+        The model (on CPU; the Trainer moves it).
+
+    Raises:
+        TrainerError: ModelUnreadable when the weights do not load.
+    """
+    from transformers import AutoModelForCausalLM
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(dtype),
+        "trust_remote_code": spec.trust_remote_code,
+        "use_safetensors": None if spec.allow_unsafe_weights else True,
+    }
+    if quantization is not None:
+        kwargs["quantization_config"] = quantization
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError, KeyError) as err:
+        hint = "" if spec.allow_unsafe_weights else " (only safetensors load unless model.allowUnsafeWeights)"
+        raise TrainerError("ModelUnreadable", f"base model {spec.source}: {err}{hint}", "spec.model.source") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    if model.generation_config is not None:
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+    return model

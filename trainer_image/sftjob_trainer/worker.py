@@ -1,0 +1,337 @@
+"""The Ray Train worker loop: TRL `SFTTrainer` + PEFT on one data-parallel rank.
+
+Every rank builds the same model and iterates the same prepared sequences (put into the object
+store once by the driver); the Trainer's distributed sampler hands each rank its shard of every
+global batch. Rank 0 writes progress.json and metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import tempfile
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR
+from sftjob_api.types import CheckpointRef, SFTJob, parse_sftjob
+from sftjob_trainer import storage
+from sftjob_trainer.artifacts import (
+    EVAL_SAMPLES_FILE,
+    eval_samples_jsonl,
+    generate_answers,
+    publish_bytes,
+    publish_dir,
+)
+from sftjob_trainer.methods import is_adapter_method
+from sftjob_trainer.errors import is_out_of_memory, out_of_memory
+from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
+
+# Fault injection for resilience tests: when set to N, rank 0 SIGKILLs the driver process after
+# optimizer step N, as a lost head node would. Never set in production.
+KILL_DRIVER_AT_STEP_ENV = "SFTJOB_FAULT_KILL_DRIVER_AT_STEP"
+# Steps in the sliding window of the tokens/s figure (recent throughput, not the run's average).
+THROUGHPUT_WINDOW = 20
+
+
+def build_collator(batching: str, pad_token_id: int) -> Any:
+    """The data pipeline's collator for `packed` (padding-free) or `length_grouped` (padded) batches."""
+    from sftjob_trainer.data import PackedCollator, PaddedCollator
+
+    return PackedCollator() if batching == "packed" else PaddedCollator(pad_token_id=pad_token_id)
+
+
+class TokenCounter:
+    """Counts loss-bearing tokens of every training forward pass (a forward pre-hook on the model)."""
+
+    def __init__(self) -> None:
+        self.local = 0
+
+    def __call__(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        """Add the batch's loss-bearing tokens (labels shifted by one, as the causal loss sees them)."""
+        labels = kwargs.get("labels")
+        if module.training and labels is not None:
+            self.local += int((labels[..., 1:] != -100).sum())
+
+
+def _all_ranks_sum(value: int) -> int:
+    import torch
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.long)
+    dist.all_reduce(tensor)
+    return int(tensor.item())
+
+
+def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter, checkpoints_uri: str,
+                           known_checkpoints: list[CheckpointRef], base_tokens: int) -> Any:
+    """The callback that turns Trainer events into progress.json and metrics.jsonl (rank 0 writes).
+
+    Args:
+        writer: The progress writer on rank 0, None on other ranks.
+        counter: The token counter hooked into the model.
+        checkpoints_uri: `<output>/checkpoints/<run>` where Ray Train persists checkpoints.
+        known_checkpoints: Checkpoints of earlier attempts (kept in the list).
+        base_tokens: Tokens trained by earlier attempts.
+
+    Returns:
+        A `transformers.TrainerCallback`.
+    """
+    from transformers import TrainerCallback
+
+    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+        def __init__(self) -> None:
+            self.start = time.monotonic()
+            self.start_step = 0
+            self.tokens = base_tokens
+            self.window: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW)
+            self.checkpoints = list(known_checkpoints)
+            self.seen_dirs = {ref.uri for ref in known_checkpoints}
+            self.last_eval_loss: float | None = None
+            self.kill_at = int(os.environ.get(KILL_DRIVER_AT_STEP_ENV, "0") or 0)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.start_step = state.global_step
+            self.start = time.monotonic()
+            self.window.append((self.start, self.tokens))
+            if writer is not None:
+                writer.truncate_metrics_after(state.global_step)
+                writer.update(force=True, phase="Running", message=None, step=state.global_step,
+                              total_steps=state.max_steps,
+                              resumed_from_step=state.global_step or None)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.tokens += _all_ranks_sum(counter.local)
+            counter.local = 0
+            now = time.monotonic()
+            self.window.append((now, self.tokens))
+            first_t, first_tokens = self.window[0]
+            rate = (self.tokens - first_tokens) / (now - first_t) if now > first_t else None
+            if writer is not None:
+                done = state.global_step - self.start_step
+                writer.update(
+                    force=state.global_step >= state.max_steps,
+                    **writer.progress_fields(state.global_step, state.max_steps, state.epoch or 0.0,
+                                             now - self.start, done, self.tokens, rate),
+                )
+                if self.kill_at and state.global_step == self.kill_at:
+                    writer.flush()
+                    os.kill(int(os.environ["SFTJOB_DRIVER_PID"]), signal.SIGKILL)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
+                   **kwargs: Any) -> None:
+            if writer is None or not logs:
+                return
+            record = {"step": state.global_step, "epoch": state.epoch, "time": time.time(), **logs}
+            if "eval_loss" in logs:
+                import math
+
+                record["eval_perplexity"] = math.exp(min(logs["eval_loss"], 50.0))  # exp(50) bounds a diverged run
+                self.last_eval_loss = logs["eval_loss"]
+            writer.append_metrics(record)
+            writer.update(force="eval_loss" in logs, trained_tokens=self.tokens,
+                          metrics=merge_metrics(writer.state.metrics, metrics_from_log(logs)))
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            # Runs after RayTrainReportCallback.on_save, which has persisted the checkpoint.
+            if writer is None:
+                return
+            dirs = {name.split("/", 1)[0] for name in storage.list_files(checkpoints_uri) if name.startswith("checkpoint_")}
+            for new in sorted(dirs - {ref.uri.rsplit("/", 1)[-1] for ref in self.checkpoints}):
+                self.checkpoints.append(CheckpointRef(step=state.global_step, uri=storage.join(checkpoints_uri, new),
+                                                      eval_loss=self.last_eval_loss))
+            alive = [ref for ref in self.checkpoints if ref.uri.rsplit("/", 1)[-1] in dirs]
+            self.checkpoints = alive
+            writer.update(force=True, checkpoints=alive)
+
+    return ProgressCallback()
+
+
+def build_trainer(spec: Any, model: Any, tokenizer: Any, args: dict[str, Any], output_dir: str, batching: str,
+                  train: list[dict[str, Any]], validation: list[dict[str, Any]] | None,
+                  callbacks: list[Any]) -> Any:
+    """The TRL `SFTTrainer` of a job (used on every Ray Train rank, and directly by single-process tests).
+
+    Args:
+        spec: The job spec (early stopping).
+        model: The model after `apply_method`.
+        tokenizer: Its tokenizer.
+        args: `SFTConfig` keyword arguments from `training_arguments`.
+        output_dir: Local directory for the Trainer's checkpoints.
+        batching: `packed` or `length_grouped`.
+        train: Training rows (`input_ids`, `labels`).
+        validation: Validation rows, or None.
+        callbacks: Trainer callbacks.
+
+    Returns:
+        The trainer.
+    """
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import SFTConfig, SFTTrainer
+
+    all_callbacks = list(callbacks)
+    stopping = spec.hyperparameters.early_stopping
+    if stopping is not None and validation is not None:
+        all_callbacks.append(EarlyStoppingCallback(stopping.patience, stopping.min_delta))
+    return SFTTrainer(
+        model=model, args=SFTConfig(**{**args, "output_dir": output_dir}), train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(validation) if validation else None, processing_class=tokenizer,
+        data_collator=build_collator(batching, tokenizer.pad_token_id), callbacks=all_callbacks,
+    )
+
+
+def run_training(trainer: Any, resume: str | None) -> None:
+    """`trainer.train()`, with allocation failures turned into an OutOfMemory TrainerError.
+
+    Raises:
+        TrainerError: OutOfMemory.
+    """
+    import torch
+
+    try:
+        trainer.train(resume_from_checkpoint=resume)
+    except torch.OutOfMemoryError as err:
+        raise out_of_memory(f"training step {trainer.state.global_step + 1}", str(err)) from None
+    except RuntimeError as err:
+        if is_out_of_memory(err):
+            raise out_of_memory(f"training step {trainer.state.global_step + 1}", str(err)) from None
+        raise
+
+
+def _restore_dir(config: dict[str, Any], tmp: Path) -> str | None:
+    """The local HF checkpoint directory to resume from: Ray's latest, else an explicit resumeFrom URI."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        local = Path(checkpoint.to_directory(str(tmp / "restored")))
+        return str(local / "checkpoint")
+    explicit = config.get("resume_uri")
+    if explicit:
+        local = storage.download_dir(explicit, tmp / "explicit")
+        inner = local / "checkpoint"
+        return str(inner if inner.is_dir() else local)
+    return None
+
+
+def train_loop(config: dict[str, Any]) -> None:
+    """The body of every Ray Train worker.
+
+    Args:
+        config: `job` (SFTJob wire JSON), `output_uri`, `attempt`, `plan` (SFTConfig kwargs), `batching`,
+            `train`/`validation` (object refs of the prepared sequences), `checkpoints_uri`,
+            `known_checkpoints`, `resolved`, `dataset`, `resume_uri`, `base_tokens`.
+    """
+    import ray
+    import ray.train
+    import torch
+    from ray.train.huggingface.transformers import RayTrainReportCallback, prepare_trainer
+    from transformers import set_seed
+
+    from sftjob_trainer.methods import apply_method, check_device, quantization_config
+    from sftjob_trainer.model_loading import load_model, load_tokenizer, resolve_model_dir, torch_dtype
+
+    job: SFTJob = parse_sftjob(config["job"])
+    spec = job.spec
+    rank = ray.train.get_context().get_world_rank()
+    writer = None
+    if rank == 0:
+        writer = ProgressWriter(config["output_uri"], config["attempt"])
+        writer.state = writer.state.model_validate(config["progress"])
+    set_seed(spec.hyperparameters.seed)
+    model_dir = resolve_model_dir(spec.model)
+    tokenizer = load_tokenizer(model_dir, spec.model)
+    args = config["plan"]
+    model = load_model(model_dir, spec.model, tokenizer, config["load_dtype"],
+                       quantization_config(spec.method, torch_dtype(config["load_dtype"])))
+    device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
+    check_device(spec.method, device.type == "cuda")
+    base_answers: list[str] = []
+    if rank == 0:
+        # Before any adapter exists: prompt tuning would otherwise prepend its virtual tokens already.
+        base_answers = generate_answers(model.to(device), tokenizer, [s["prompt_ids"] for s in config["samples"]],
+                                        spec.evaluation.max_new_tokens, config["stop_token_ids"])
+    model = apply_method(model, spec.method, str(model_dir), args["gradient_checkpointing"])
+    counter = TokenCounter()
+    model.register_forward_pre_hook(counter, with_kwargs=True)
+    with tempfile.TemporaryDirectory(prefix="sftjob-") as tmp:
+        callbacks: list[Any] = [
+            RayTrainReportCallback(),
+            make_progress_callback(writer, counter, config["checkpoints_uri"],
+                                   [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]],
+                                   config["base_tokens"]),
+        ]
+        trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
+                                ray.get(config["train"]),
+                                ray.get(config["validation"]) if config["validation"] is not None else None,
+                                callbacks)
+        trainer = prepare_trainer(trainer)
+        run_training(trainer, _restore_dir(config, Path(tmp)))
+        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp)) if rank == 0 else {}
+        ray.train.report({"final_step": trainer.state.global_step, "files": files})
+
+
+def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, model_dir: Path,
+                 base_answers: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
+    """Save the trained weights (adapter/ and/or model/) and eval_samples.jsonl into the output (rank 0).
+
+    Args:
+        config: The worker config.
+        spec: The job spec.
+        model: The trained model (PeftModel for adapter methods).
+        tokenizer: The tokenizer (saved next to the weights).
+        model_dir: The base model directory (QLoRA merges into the unquantised base read from it).
+        base_answers: The base model's answers to the eval prompts, generated before training.
+        tmp: A scratch directory.
+
+    Returns:
+        `{relative path: {sha256, size}}` of every file written.
+    """
+    out = config["output_uri"]
+    files: dict[str, dict[str, Any]] = {}
+    samples = config["samples"]
+    tuned = generate_answers(model, tokenizer, [s["prompt_ids"] for s in samples], spec.evaluation.max_new_tokens,
+                             config["stop_token_ids"])
+    data = eval_samples_jsonl(samples, base_answers, tuned)
+    files[EVAL_SAMPLES_FILE] = publish_bytes(data, storage.join(out, EVAL_SAMPLES_FILE))
+    if is_adapter_method(spec.method):
+        if spec.output.save_adapter:
+            adapter = tmp / ADAPTER_DIR
+            model.save_pretrained(str(adapter))
+            tokenizer.save_pretrained(str(adapter))
+            files.update({f"{ADAPTER_DIR}/{k}": v for k, v in publish_dir(adapter, storage.join(out, ADAPTER_DIR)).items()})
+        if spec.output.merge_adapter:
+            merged = merged_model(model, spec, tokenizer, model_dir, tmp, config["load_dtype"])
+            files.update(_save_full(merged, tokenizer, tmp, out))
+    else:
+        files.update(_save_full(model, tokenizer, tmp, out))
+    return files
+
+
+def merged_model(model: Any, spec: Any, tokenizer: Any, model_dir: Path, tmp: Path, dtype: str) -> Any:
+    """The base with the LoRA adapter merged; QLoRA merges into the unquantised base."""
+    if spec.method.type != "qlora":
+        return model.merge_and_unload()
+    from peft import PeftModel
+
+    from sftjob_trainer.model_loading import load_model
+
+    adapter = tmp / "qlora-adapter"
+    model.save_pretrained(str(adapter))
+    base = load_model(model_dir, spec.model, tokenizer, dtype)
+    return PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+
+
+def _save_full(model: Any, tokenizer: Any, tmp: Path, out: str) -> dict[str, dict[str, Any]]:
+    local = tmp / MODEL_DIR
+    model.save_pretrained(str(local), safe_serialization=True)
+    tokenizer.save_pretrained(str(local))
+    return {f"{MODEL_DIR}/{k}": v for k, v in publish_dir(local, storage.join(out, MODEL_DIR)).items()}
+
+
+__all__ = ["KILL_DRIVER_AT_STEP_ENV", "build_collator", "build_trainer", "run_training", "train_loop"]
