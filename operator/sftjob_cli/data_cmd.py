@@ -239,6 +239,10 @@ def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[s
             problems.extend(str(p) for p in err.problems)
             continue
         report = analyze(spec, tokenizer, train, validation, seed=job.spec.hyperparameters.seed).report
+        if not report.errors:
+            fallback = " (byte-level token counts)" if isinstance(tokenizer, ByteTokenizer) else ""
+            notes.append(f"{name}: dataset {dataset.train.uri}: {report.format}, {report.train_examples} examples, "
+                         f"{report.trainable_tokens} trainable tokens{fallback}")
         for error in report.errors:
             if error.get("line") is None and str(error.get("field") or "").startswith("dataset."):
                 # A problem of the data as a whole points at the job's setting that governs it.
@@ -247,7 +251,4 @@ def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[s
                 problems.append(f"{name}:{line}: spec.{error['field']}: {error['message']} ({error['file']})")
             else:
                 problems.append(_problem_line(error))
-        fallback = " (byte-level token counts)" if isinstance(tokenizer, ByteTokenizer) else ""
-        notes.append(f"{name}: dataset {dataset.train.uri}: {report.format}, {report.train_examples} examples, "
-                     f"{report.trainable_tokens} trainable tokens{fallback}")
     return problems, notes

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from data_helpers import SFTJOB, SYSTEM_TEMPLATE
+from data_helpers import SFTJOB, SYSTEM_TEMPLATE, CliRunner
 
 
 @pytest.fixture(scope="session")
@@ -35,9 +34,6 @@ def system_tokenizer(system_tokenizer_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(system_tokenizer_dir)
-
-
-CliRunner = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture

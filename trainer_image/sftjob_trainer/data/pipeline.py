@@ -399,9 +399,10 @@ def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
     share = (harmful + report.truncated) / report.rows if report.rows else 0.0
     if share > spec.max_dropped_fraction:
         detail = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if reason not in HARMLESS_DROPS)
+        length_bound = report.truncated or any(r in report.dropped for r in ("too_long", "response_too_long"))
         problems.append(Problem(
             f"{share:.0%} of the rows were dropped or truncated ({detail or 'none dropped'}, "
             f"{report.truncated} truncated at maxSeqLength {report.max_seq_length}), more than maxDroppedFraction "
-            f"{spec.max_dropped_fraction}; raise maxSeqLength or fix the data", file, None,
-            "dataset.maxDroppedFraction"))
+            f"{spec.max_dropped_fraction}; {'raise maxSeqLength, ' if length_bound else ''}fix the data or raise "
+            "maxDroppedFraction", file, None, "dataset.maxDroppedFraction"))
     return problems

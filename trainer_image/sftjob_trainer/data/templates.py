@@ -213,9 +213,12 @@ class JinjaTemplate:
         for i in conversation.assistant_indexes:
             before = self._run(messages[:i], conversation.tools, True)
             through = self._run(messages[: i + 1], conversation.tools, False)
-            if text.startswith(before) and text.startswith(through) and len(through) > len(before) >= cursor:
-                start, end = len(before), len(through.rstrip())
-                end = max(end, start)
+            if text.startswith(before) and len(before) >= cursor:
+                start = len(before)
+                if text.startswith(through) and len(through) > start:
+                    end = max(len(through.rstrip()), start)
+                else:  # the turn renders differently once later turns follow: it ends at its end-of-turn marker
+                    end = self._marker_end(text, start)
             else:
                 start, end = self._search(text, messages[i], cursor)
             turns.append((start, end))
@@ -223,6 +226,17 @@ class JinjaTemplate:
         if add_generation_prompt:
             prompt_end = len(text)
         return Rendered(text, _select(turns, train_on, len(text)), tuple(turns), prompt_end, _reference(conversation))
+
+    def _markers(self) -> list[str]:
+        return [m for m in dict.fromkeys([str(self.variables.get("eos_token") or ""), *KNOWN_END_OF_TURN]) if m]
+
+    def _marker_end(self, text: str, start: int) -> int:
+        found = [(pos, marker) for marker in self._markers() if (pos := text.find(marker, start)) >= 0]
+        if not found:
+            raise TemplateError(f"the {self.name} chat template ends an assistant turn without an EOS or "
+                                "end-of-turn token; loss masks (and stopping) need one")
+        pos, marker = min(found)
+        return pos + len(marker)
 
     def _search(self, text: str, message: Message, cursor: int) -> tuple[int, int]:
         # The template re-renders earlier turns differently (e.g. drops reasoning): find the response itself
@@ -234,10 +248,9 @@ class JinjaTemplate:
                                 "loss masks cannot be located (use chatTemplate: chatml or an inline template)")
         end = start + len(content)
         rest = text[end:]
-        markers = [str(self.variables.get("eos_token") or ""), *KNOWN_END_OF_TURN]
-        for marker in markers:
+        for marker in self._markers():
             stripped = rest.lstrip(" ")
-            if marker and stripped.startswith(marker):
+            if stripped.startswith(marker):
                 end += len(rest) - len(stripped) + len(marker)
                 break
         return start, end

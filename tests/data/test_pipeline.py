@@ -1,0 +1,200 @@
+"""The pipeline as a whole: length policy, quality filters, validation split, preflight, S3, inspect."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from data_helpers import FIXTURES, CliRunner, write_jsonl
+
+from sftjob_api.types import DatasetSpec
+from sftjob_trainer.data import IGNORE_INDEX, ByteTokenizer, DataError, prepare_dataset
+
+TOK = ByteTokenizer()
+
+
+def spec(path: Path | str, **fields: Any) -> DatasetSpec:
+    return DatasetSpec.model_validate({"train": {"uri": str(path)}, **fields})
+
+
+def chat_row(user: str, assistant: str) -> dict[str, Any]:
+    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]}
+
+
+def test_quality_filters_are_counted(tmp_path: Path) -> None:
+    rows = [chat_row(f"question {i}", f"answer {i}") for i in range(20)]
+    rows += [chat_row("Question 3", "answer   3"),  # duplicate of row 4 after case and whitespace normalisation
+             chat_row("blank", "  \n "),  # whitespace-only response
+             {"messages": [{"role": "user", "content": "no reply"}]}]
+    prepared = prepare_dataset(spec(write_jsonl(tmp_path / "d.jsonl", rows)), TOK, seed=0)
+    report = prepared.report
+    assert report.rows == 23 and report.train_examples == 20
+    assert report.dropped == {"duplicate": 1, "empty_response": 1, "no_assistant_turn": 1}
+    assert report.duplicates == 1
+    kept = spec(tmp_path / "d.jsonl", dedup=False)
+    assert prepare_dataset(kept, TOK, seed=0).report.train_examples == 21
+
+
+def test_validation_split_is_seeded_and_disjoint(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(40)])
+    first = prepare_dataset(spec(path, validationSplit=0.25), TOK, seed=7)
+    again = prepare_dataset(spec(path, validationSplit=0.25), TOK, seed=7)
+    other = prepare_dataset(spec(path, validationSplit=0.25), TOK, seed=8)
+    assert len(first.validation) == 10 and len(first.train) == 30
+    assert [e.line for e in first.validation] == [e.line for e in again.validation]
+    assert [e.line for e in first.validation] != [e.line for e in other.validation]
+    assert not {e.line for e in first.validation} & {e.line for e in first.train}
+    assert first.report.validation_overlap == 0
+
+
+def test_validation_file_overlap_is_reported(tmp_path: Path) -> None:
+    train = write_jsonl(tmp_path / "t.jsonl", [chat_row(f"q{i}", f"a{i}") for i in range(10)])
+    val = write_jsonl(tmp_path / "v.jsonl", [chat_row("Q1", "a1"), chat_row("new", "one")])
+    prepared = prepare_dataset(spec(train, validation={"uri": str(val)}), TOK, seed=0)
+    assert prepared.report.validation_overlap == 1
+    assert len(prepared.validation) == 2
+    assert "also occur in the training data" in prepared.report.warnings[0]
+
+
+def test_overlong_examples_are_truncated_from_the_prompt_side(tmp_path: Path) -> None:
+    rows = [chat_row(f"{'p' * 200} {i}", f"answer {i}") for i in range(2)]
+    rows += [chat_row(f"q{i}", f"a{i}") for i in range(30)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    prepared = prepare_dataset(spec(path, maxSeqLength=64), TOK, seed=0)
+    assert prepared.max_seq_length == 64
+    assert prepared.report.truncated == 2 and prepared.report.dropped == {}
+    long_ones = [e for e in prepared.train if e.line <= 2]
+    for i, example in enumerate(long_ones):
+        assert len(example.input_ids) == 64
+        text = TOK.decode(example.input_ids)
+        assert text.endswith(f"<|im_start|>assistant\nanswer {i}<|im_end|>\n")  # the response is intact
+        trained = TOK.decode([t for t in example.labels if t != IGNORE_INDEX])
+        assert trained == f"answer {i}<|im_end|>"
+        assert TOK.decode(example.prompt_ids).endswith("<|im_start|>assistant\n")
+
+    dropped = prepare_dataset(spec(path, maxSeqLength=64, overlong="drop"), TOK, seed=0)
+    assert dropped.report.dropped == {"too_long": 2} and dropped.report.truncated == 0
+    assert len(dropped.train) == 30
+
+
+def test_auto_max_seq_length_is_the_p99_capped_by_the_model(tmp_path: Path) -> None:
+    # ChatML around a user turn of n bytes and the reply "a": 22 + n tokens.
+    rows = [chat_row("q" * n, "a") for n in range(1, 201)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    prepared = prepare_dataset(spec(path), TOK, seed=0)
+    lengths = sorted(22 + n for n in range(1, 201))
+    assert prepared.max_seq_length == lengths[197]  # nearest-rank p99 of 200 values: the 198th
+    assert prepared.report.truncated == 2
+    capped = prepare_dataset(spec(path, maxDroppedFraction=1.0), TOK, seed=0, model_max_length=100)
+    assert capped.max_seq_length == 100
+
+
+def test_preflight_refuses_when_too_much_is_truncated(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row("x" * 100 + str(i), "y") for i in range(10)])
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(path, maxSeqLength=32), TOK, seed=0)
+    err = caught.value
+    assert err.code == "PreflightFailed" and err.field == "dataset.maxDroppedFraction"
+    assert "100% of the rows were dropped or truncated" in str(err)
+
+
+def test_preflight_refuses_when_eos_is_never_trained(tmp_path: Path, tiny_tokenizer: Any) -> None:
+    # The tiny tokenizer has no <|eot_id|> token: the llama3 template's end of turn would be 8 plain tokens.
+    path = FIXTURES / "golden_messages.jsonl"
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(path, chatTemplate="llama3"), tiny_tokenizer, seed=0)
+    assert caught.value.code == "PreflightFailed"
+    assert "no EOS or end-of-turn token carries loss" in str(caught.value)
+    assert "<|eot_id|> is not a single token" in str(caught.value)
+    ok = prepare_dataset(spec(path), tiny_tokenizer, seed=0)  # ChatML: <|im_end|> is this tokenizer's EOS
+    assert ok.report.eos_trained and ok.stop_token_ids[0] == tiny_tokenizer.eos_token_id
+
+
+def test_preflight_refuses_zero_trainable_examples(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "d.jsonl", [chat_row("q", " ")] * 3)
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(path), TOK, seed=0)
+    assert caught.value.code == "PreflightFailed"
+    assert "no training examples are left" in str(caught.value)
+
+
+def test_invalid_rows_refuse_the_job_with_every_problem(tmp_path: Path) -> None:
+    path = tmp_path / "d.jsonl"
+    path.write_text("\n".join([json.dumps(chat_row("a", "b")), json.dumps({"messages": "oops"}),
+                               json.dumps({"messages": [{"role": "robot", "content": "x"}]})]) + "\n")
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(path), TOK, seed=0)
+    err = caught.value
+    assert err.code == "InvalidDataset" and (err.file, err.line, err.field) == (str(path), 2, "messages")
+    assert [(p.line, p.field) for p in err.problems] == [(2, "messages"), (3, "messages[0].role")]
+    assert str(err).endswith("(and 1 more problem)")
+
+
+def test_missing_file_is_unreadable(tmp_path: Path) -> None:
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(tmp_path / "absent.jsonl"), TOK, seed=0)
+    assert caught.value.code == "DatasetUnreadable"
+
+
+def test_s3_and_local_give_the_same_examples(tmp_path: Path, s3_env: Any, tiny_tokenizer: Any,
+                                             run_cli: CliRunner) -> None:
+    local = FIXTURES / "golden_sharegpt.jsonl"
+    bucket = s3_env.create_bucket("sftjob-data")
+    s3_env.client().put_object(Bucket="sftjob-data", Key="chat/train.jsonl", Body=local.read_bytes())
+    uri = f"{bucket}/chat/train.jsonl"
+    from_s3 = prepare_dataset(spec(uri), tiny_tokenizer, seed=3)
+    from_disk = prepare_dataset(spec(local), tiny_tokenizer, seed=3)
+    assert from_s3.train == from_disk.train and len(from_s3.train) == 3
+    assert from_s3.report.sha256 == from_disk.report.sha256
+    result = run_cli("data", "inspect", uri, "--json", env=s3_env.env)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["rows"] == 3
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(f"{bucket}/absent.jsonl"), tiny_tokenizer, seed=3)
+    assert caught.value.code == "DatasetUnreadable"
+
+
+def test_inspect_human_output(run_cli: CliRunner, tiny_model_dir: Path) -> None:
+    result = run_cli("data", "inspect", str(FIXTURES / "golden_messages.jsonl"))
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "format:      messages    chat template: chatml" in out
+    assert "byte-level fallback" in out
+    assert "dropped:     none" in out and "p50" in out and "p95" in out and "max" in out
+    assert "[[Hello!<|im_end|>]]" in out  # trained tokens marked
+    assert out.count("--- example") == 2
+    with_tokenizer = run_cli("data", "inspect", str(FIXTURES / "golden_messages.jsonl"), "--tokenizer",
+                             str(tiny_model_dir), "--json")
+    report = json.loads(with_tokenizer.stdout)
+    for key in ("format", "rows", "dropped", "tokens", "trainable_tokens", "truncated", "duplicates", "errors"):
+        assert key in report
+    assert report["tokenizer"] != "" and "fallback" not in report["tokenizer"]
+    assert report["rows"] == 3 and report["errors"] == [] and 0 < report["trainable_tokens"] < report["tokens"]
+
+
+def test_validate_checks_a_readable_dataset(tmp_path: Path, run_cli: CliRunner, tiny_model_dir: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [chat_row("q", "   ")] * 2 + [chat_row("q2", "a")])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""apiVersion: sftjob.dev/v1alpha1
+kind: SFTJob
+metadata:
+  name: mostly-empty
+spec:
+  model:
+    source: {tiny_model_dir}
+  dataset:
+    train:
+      uri: train.jsonl
+    maxDroppedFraction: 0.5
+  output:
+    uri: {tmp_path / 'out'}
+""", encoding="utf-8")
+    result = run_cli("validate", str(job))
+    assert result.returncode == 2
+    # The share of dropped rows is a property of the data as a whole: it points at the governing setting.
+    assert f"{job}:11: spec.dataset.maxDroppedFraction: 67% of the rows were dropped" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "fix the data or raise maxDroppedFraction" in result.stderr
+    assert "Traceback" not in result.stderr
