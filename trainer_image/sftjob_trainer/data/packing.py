@@ -94,8 +94,11 @@ def _positions(item: Any) -> list[int]:
 class PackedCollator:
     """Flattens a list of packs or examples into one padding-free row: tensors of shape [1, T].
 
-    Returns input_ids, labels and position_ids (restarting per example); with
-    `flash_kwargs=True` also cu_seq_lens_q/k and max_length_q/k for flash-attention varlen kernels.
+    Returns input_ids, labels and position_ids (restarting per example), and `use_cache=False`:
+    transformers derives the per-example mask from position_ids only when the forward pass builds
+    no KV cache, and a model whose config says use_cache=True would otherwise let attention run
+    across examples without any error. With `flash_kwargs=True` also cu_seq_lens_q/k and
+    max_length_q/k for flash-attention varlen kernels.
     """
 
     def __init__(self, flash_kwargs: bool = False) -> None:
@@ -117,7 +120,7 @@ class PackedCollator:
                 positions.extend(range(end - start))
         batch: dict[str, Any] = {"input_ids": torch.tensor([ids], dtype=torch.long),
                  "labels": torch.tensor([labels], dtype=torch.long),
-                 "position_ids": torch.tensor([positions], dtype=torch.long)}
+                 "position_ids": torch.tensor([positions], dtype=torch.long), "use_cache": False}
         if self.flash_kwargs:
             lengths = [end - start for start, end in _boundaries(positions)]
             cu = torch.tensor([0, *lengths], dtype=torch.int32).cumsum(0, dtype=torch.int32)
