@@ -28,7 +28,7 @@ _S3_CONNECT_TIMEOUT_S = 3
 _S3_READ_TIMEOUT_S = 20
 
 
-def register(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(commands: argparse._SubParsersAction) -> None:
     """Add `sftjob data inspect` to the CLI."""
     data = commands.add_parser("data", help="inspect datasets")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")

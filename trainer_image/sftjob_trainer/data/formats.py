@@ -8,6 +8,7 @@ joined plainly when no chat template applies, and plain `text` is trained on eve
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -15,6 +16,7 @@ from typing import Any, Literal
 from sftjob_trainer.data.errors import Problem
 from sftjob_trainer.data.readers import Row
 
+_JSON_START = re.compile(r"\s*[\[{]")
 SCHEMAS = ("prompt_completion", "messages", "alpaca", "sharegpt", "text")
 ROLES = ("system", "user", "assistant", "tool")
 Kind = Literal["chat", "prompt_completion", "text"]
@@ -163,7 +165,7 @@ def to_conversation(row: Row, schema: str) -> Conversation:
 
 def _maybe_json(value: Any) -> Any:
     # CSV cells (and some exports) carry nested lists as JSON strings.
-    if isinstance(value, str) and value.lstrip().startswith(("[", "{")):
+    if isinstance(value, str) and _JSON_START.match(value):
         try:
             return json.loads(value)
         except json.JSONDecodeError:

@@ -364,9 +364,9 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     report.dropped = dict(sorted(dropped.items()))
     report.train_examples, report.validation_examples = len(train), len(validation)
     report.tokens = sum(len(e.input_ids) for e in train)
-    report.trainable_tokens = sum(sum(1 for label in e.labels if label != IGNORE_INDEX) for e in train)
+    report.trainable_tokens = sum(len(e.labels) - e.labels.count(IGNORE_INDEX) for e in train)
     report.trainable_fraction = round(report.trainable_tokens / report.tokens, 4) if report.tokens else 0.0
-    report.eos_trained = any(label in stop_set for e in train for label in e.labels)
+    report.eos_trained = any(stop in e.labels for stop in stop_set for e in train)
     report.samples = _samples(tokenizer, train)
 
     if not invalid:

@@ -8,11 +8,10 @@ tokenizer is given: one token per UTF-8 byte, with the usual chat special tokens
 
 from __future__ import annotations
 
+import bisect
 import re
 from collections.abc import Sequence
 from typing import Any
-
-import numpy as np
 
 IGNORE_INDEX = -100
 # Keep the tokenizer's batch small enough that offsets of one batch stay a few MB of Python objects.
@@ -84,33 +83,39 @@ class ByteTokenizer:
 def encode(tokenizer: Any, texts: list[str]) -> list[tuple[list[int], list[int]]]:
     """Token ids and per-token start character of each text, batched through the fast tokenizer.
 
-    Special tokens are not added: templates write BOS themselves where the model expects it.
+    Special tokens are not added: templates write BOS themselves where the model expects it. The
+    Rust tokenizer is called directly when it has no truncation or padding configured (what the
+    transformers wrapper would switch off anyway); that skips the wrapper's per-row conversions.
     """
     if isinstance(tokenizer, ByteTokenizer):
         return [tokenizer.encode_with_offsets(t) for t in texts]
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    direct = backend is not None and backend.truncation is None and backend.padding is None
     out: list[tuple[list[int], list[int]]] = []
     for first in range(0, len(texts), ENCODE_BATCH):
-        batch = tokenizer(texts[first:first + ENCODE_BATCH], add_special_tokens=False,
-                          return_offsets_mapping=True, return_attention_mask=False)
+        chunk = texts[first:first + ENCODE_BATCH]
+        if direct and backend is not None:
+            for enc in backend.encode_batch(chunk, add_special_tokens=False):
+                out.append((enc.ids, [start for start, _ in enc.offsets]))
+            continue
+        batch = tokenizer(chunk, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False)
         for ids, offsets in zip(batch["input_ids"], batch["offset_mapping"], strict=True):
             out.append((list(ids), [start for start, _ in offsets]))
     return out
 
 
 def mask_labels(ids: list[int], starts: list[int], spans: Sequence[tuple[int, int]]) -> list[int]:
-    """Labels: the token id where the token starts inside a span, else IGNORE_INDEX."""
-    if not spans:
-        return [IGNORE_INDEX] * len(ids)
-    if len(spans) == 1 and spans[0][0] <= 0 and (not starts or spans[0][1] > max(starts)):
-        return list(ids)
-    start_arr = np.asarray(starts, dtype=np.int64)
-    span_starts = np.asarray([s for s, _ in spans], dtype=np.int64)
-    span_ends = np.asarray([e for _, e in spans], dtype=np.int64)
-    which = np.searchsorted(span_starts, start_arr, side="right") - 1
-    inside = (which >= 0) & (start_arr < span_ends[np.clip(which, 0, None)])
-    return np.where(inside, np.asarray(ids, dtype=np.int64), IGNORE_INDEX).tolist()
+    """Labels: the token id where the token starts inside a span, else IGNORE_INDEX.
+
+    Token starts are non-decreasing, so each span is one slice of tokens, found by bisection.
+    """
+    labels = [IGNORE_INDEX] * len(ids)
+    for span_start, span_end in spans:
+        lo, hi = bisect.bisect_left(starts, span_start), bisect.bisect_left(starts, span_end)
+        labels[lo:hi] = ids[lo:hi]
+    return labels
 
 
 def first_token_at(starts: list[int], char: int) -> int:
     """Index of the first token that starts at or after character `char` (len(starts) if none)."""
-    return int(np.searchsorted(np.asarray(starts, dtype=np.int64), char, side="left"))
+    return bisect.bisect_left(starts, char)
