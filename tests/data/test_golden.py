@@ -142,3 +142,16 @@ def test_every_file_format_reads_the_same_rows(tmp_path: Path, fmt: str) -> None
 
         pq.write_table(pa.Table.from_pylist(rows), path)
     assert prepare(path) == prepare(FIXTURES / "golden_messages.jsonl")
+
+
+def test_tool_calls_in_chatml(tmp_path: Path) -> None:
+    call = {"type": "function", "function": {"name": "add", "arguments": "{\"a\": 2, \"b\": 3}"}}
+    row = {"messages": [{"role": "user", "content": "2+3?"},
+                        {"role": "assistant", "content": None, "tool_calls": [call]},
+                        {"role": "tool", "tool_call_id": "1", "content": "5"},
+                        {"role": "assistant", "content": "5."}]}
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps(row) + "\n", encoding="utf-8")
+    call_text = '<tool_call>\n{"name": "add", "arguments": {"a": 2, "b": 3}}\n</tool_call>'
+    assert prepare(path) == [chat(turn("user", "2+3?", False), turn("assistant", call_text, True),
+                                  turn("tool", "5", False), turn("assistant", "5.", True))]
