@@ -15,6 +15,7 @@ it defers to the stock SDPA path, so the same model also generates and evaluates
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import torch
@@ -36,7 +37,7 @@ def segment_lengths(position_ids: torch.Tensor) -> list[int]:
     if not starts or starts[0] != 0:
         starts = [0, *starts]
     bounds = [*starts, int(position_ids.shape[0])]
-    return [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a]
+    return [b - a for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
@@ -104,7 +105,7 @@ def _padding_only_mask(*args: Any, **kwargs: Any) -> torch.Tensor | None:
 
     if kwargs.get("attention_mask") is None:
         return None
-    return sdpa_mask(*args, **kwargs)  # type: ignore[no-any-return]
+    return sdpa_mask(*args, **kwargs)
 
 
 def register_varlen_attention() -> str:

@@ -64,7 +64,7 @@ def s3_client() -> Any:
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
         region_name=region,
-        config=Config(retries=_RETRIES),  # type: ignore[arg-type]
+        config=Config(retries=_RETRIES),
     )
 
 
@@ -155,7 +155,8 @@ def list_files(uri: str) -> list[str]:
     try:
         paginator = s3_client().get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
-            names.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []))
+            # Keys ending in "/" are directory markers (pyarrow, used by Ray Train, writes them), not files.
+            names.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
     except Exception as err:
         raise _translate(err, uri) from err
     return sorted(names)
