@@ -27,7 +27,7 @@ def copy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-def job_document(name: str, model: str, train: str, validation: str | None, output: str,
+def job_document(name: str, model: str, train: str, validation: str | None, output_uri: str,
                  **sections: Any) -> dict[str, Any]:
     """An SFTJob document with small settings; `sections` deep-merge into `spec`."""
     spec: dict[str, Any] = {
@@ -38,7 +38,7 @@ def job_document(name: str, model: str, train: str, validation: str | None, outp
         "compute": {"numWorkers": 1, "gpusPerWorker": 0, "cpusPerWorker": 1},
         "checkpointing": {"interval": 2, "keep": 2},
         "evaluation": {"numSamples": 2, "maxNewTokens": 4},
-        "output": {"uri": output},
+        "output": {"uri": output_uri},
     }
     if validation is not None:
         spec["dataset"]["validation"] = {"uri": validation}
@@ -56,7 +56,7 @@ def merge(into: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return into
 
 
-def make_job(name: str, model: Path | str, data: Path, output: Path | str, **sections: Any) -> SFTJob:
+def make_job(name: str, model: Path | str, data: Path, output_uri: Path | str, **sections: Any) -> SFTJob:
     """A validated SFTJob over the copy data."""
     return parse_sftjob(job_document(name, str(model), str(data / "train.jsonl"), str(data / "validation.jsonl"),
-                                     str(output), **sections))
+                                     str(output_uri), **sections))

@@ -33,6 +33,8 @@ from sftjob_trainer.hparams import Device, Plan, resolve, training_arguments
 from sftjob_trainer.methods import check_device, is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
 
+# Seconds to wait for rank 0's export digests after fit() returned (they are put before the worker exits).
+EXPORT_TIMEOUT_S = 60
 # Offset of the eval-sample choice from the job seed, so it does not mirror the validation split's shuffle.
 SAMPLE_SEED_OFFSET = 1
 
@@ -234,6 +236,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
+    from ray.util.queue import Queue
 
     from sftjob_trainer.worker import train_loop
 
@@ -272,6 +275,9 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "base_tokens": writer.state.trained_tokens,
         "progress": writer.state.model_dump(),
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
+        "resume_latest": resume_from == "latest",
+        "kill_driver": _fault_hook(),
+        "exports": Queue(maxsize=1),
     }
     gpus = spec.compute.gpus_per_worker
     resources = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
@@ -296,7 +302,16 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         if found is not None:
             raise found from None
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
-    return export(ctx, result.metrics or {}, writer)
+    del result  # its metrics hold only checkpoint reports; rank 0's file digests come through the queue
+    return export(ctx, {"files": config["exports"].get(timeout=EXPORT_TIMEOUT_S)}, writer)
+
+
+def _fault_hook() -> tuple[int, int] | None:
+    """(step, this process id) when the resilience tests ask rank 0 to SIGKILL the driver after that step."""
+    from sftjob_trainer.worker import KILL_DRIVER_AT_STEP_ENV
+
+    step = os.environ.get(KILL_DRIVER_AT_STEP_ENV, "")
+    return (int(step), os.getpid()) if step.isdigit() else None
 
 
 def _load_dtype(spec: Any, plan: Plan) -> str:

@@ -55,7 +55,7 @@ def metrics_from_log(record: dict[str, Any]) -> Metrics:
 
 def merge_metrics(old: Metrics, new: Metrics) -> Metrics:
     """`old` with every field that `new` sets replaced."""
-    return old.model_copy(update={k: v for k, v in new.model_dump().items() if v is not None})
+    return old.model_copy(update={k: v for k, v in new.model_dump(by_alias=False).items() if v is not None})
 
 
 class ProgressWriter:

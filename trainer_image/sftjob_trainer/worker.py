@@ -68,7 +68,8 @@ def _all_ranks_sum(value: int) -> int:
 
 
 def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter, checkpoints_uri: str,
-                           known_checkpoints: list[CheckpointRef], base_tokens: int) -> Any:
+                           known_checkpoints: list[CheckpointRef], base_tokens: int,
+                           kill_driver: tuple[int, int] | None = None) -> Any:
     """The callback that turns Trainer events into progress.json and metrics.jsonl (rank 0 writes).
 
     Args:
@@ -77,6 +78,7 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
         checkpoints_uri: `<output>/checkpoints/<run>` where Ray Train persists checkpoints.
         known_checkpoints: Checkpoints of earlier attempts (kept in the list).
         base_tokens: Tokens trained by earlier attempts.
+        kill_driver: (step, driver pid) of the fault-injection hook, or None.
 
     Returns:
         A `transformers.TrainerCallback`.
@@ -87,24 +89,30 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
         def __init__(self) -> None:
             self.start = time.monotonic()
             self.start_step = 0
+            self.started = False
             self.tokens = base_tokens
             self.window: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW)
             self.checkpoints = list(known_checkpoints)
             self.seen_dirs = {ref.uri for ref in known_checkpoints}
             self.last_eval_loss: float | None = None
-            self.kill_at = int(os.environ.get(KILL_DRIVER_AT_STEP_ENV, "0") or 0)
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            self.start_step = state.global_step
             self.start = time.monotonic()
             self.window.append((self.start, self.tokens))
             if writer is not None:
-                writer.truncate_metrics_after(state.global_step)
-                writer.update(force=True, phase="Running", message=None, step=state.global_step,
-                              total_steps=state.max_steps,
-                              resumed_from_step=state.global_step or None)
+                writer.update(force=True, phase="Running", message=None, total_steps=state.max_steps)
+
+        def _first_step(self, state: Any) -> None:
+            # The Trainer restores a checkpoint's step only after on_train_begin: the first step tells.
+            self.start_step = state.global_step - 1
+            self.started = True
+            if writer is not None:
+                writer.truncate_metrics_after(self.start_step)  # drop what a dead attempt logged past its checkpoint
+                writer.update(force=True, resumed_from_step=self.start_step or None)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if not self.started:
+                self._first_step(state)
             self.tokens += _all_ranks_sum(counter.local)
             counter.local = 0
             now = time.monotonic()
@@ -118,9 +126,9 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
                     **writer.progress_fields(state.global_step, state.max_steps, state.epoch or 0.0,
                                              now - self.start, done, self.tokens, rate),
                 )
-                if self.kill_at and state.global_step == self.kill_at:
+                if kill_driver is not None and state.global_step == kill_driver[0]:
                     writer.flush()
-                    os.kill(int(os.environ["SFTJOB_DRIVER_PID"]), signal.SIGKILL)
+                    os.kill(kill_driver[1], signal.SIGKILL)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None,
                    **kwargs: Any) -> None:
@@ -140,7 +148,8 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
             # Runs after RayTrainReportCallback.on_save, which has persisted the checkpoint.
             if writer is None:
                 return
-            dirs = {name.split("/", 1)[0] for name in storage.list_files(checkpoints_uri) if name.startswith("checkpoint_")}
+            dirs = {name.split("/", 1)[0] for name in storage.list_files(checkpoints_uri)
+                    if name.startswith("checkpoint_") and "/" in name}  # directories, not Ray's snapshot file
             for new in sorted(dirs - {ref.uri.rsplit("/", 1)[-1] for ref in self.checkpoints}):
                 self.checkpoints.append(CheckpointRef(step=state.global_step, uri=storage.join(checkpoints_uri, new),
                                                       eval_loss=self.last_eval_loss))
@@ -203,19 +212,41 @@ def run_training(trainer: Any, resume: str | None) -> None:
         raise
 
 
+def latest_persisted_checkpoint(checkpoints_uri: str) -> str | None:
+    """The newest complete checkpoint under the run's storage (highest Trainer step), if any.
+
+    Ray Train restores from its run snapshot, which the controller writes after a report; a driver
+    killed right after a checkpoint upload can leave the snapshot one checkpoint behind. Checkpoint
+    directories themselves are the ground truth.
+    """
+    import json
+
+    best: tuple[int, str] | None = None
+    for name in storage.list_files(checkpoints_uri):
+        parts = name.split("/")
+        if len(parts) == 3 and parts[0].startswith("checkpoint_") and parts[2] == "trainer_state.json":
+            state = json.loads(storage.read_bytes(storage.join(checkpoints_uri, name)))
+            step = int(state.get("global_step", 0))
+            if best is None or step > best[0]:
+                best = (step, parts[0])
+    return storage.join(checkpoints_uri, best[1]) if best else None
+
+
 def _restore_dir(config: dict[str, Any], tmp: Path) -> str | None:
-    """The local HF checkpoint directory to resume from: Ray's latest, else an explicit resumeFrom URI."""
+    """The local HF checkpoint directory to resume from: the latest of this run, else an explicit resumeFrom URI."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
+    uri = config.get("resume_uri")
+    if uri is None and config["resume_latest"]:
+        uri = latest_persisted_checkpoint(config["checkpoints_uri"])
+    if uri is not None:
+        local = storage.download_dir(uri, tmp / "restored")
+        inner = local / "checkpoint"
+        return str(inner if inner.is_dir() else local)
     if checkpoint is not None:
         local = Path(checkpoint.to_directory(str(tmp / "restored")))
         return str(local / "checkpoint")
-    explicit = config.get("resume_uri")
-    if explicit:
-        local = storage.download_dir(explicit, tmp / "explicit")
-        inner = local / "checkpoint"
-        return str(inner if inner.is_dir() else local)
     return None
 
 
@@ -225,7 +256,8 @@ def train_loop(config: dict[str, Any]) -> None:
     Args:
         config: `job` (SFTJob wire JSON), `output_uri`, `attempt`, `plan` (SFTConfig kwargs), `batching`,
             `train`/`validation` (object refs of the prepared sequences), `checkpoints_uri`,
-            `known_checkpoints`, `resolved`, `dataset`, `resume_uri`, `base_tokens`.
+            `known_checkpoints`, `progress`, `resume_uri`, `base_tokens`, `kill_driver`, `samples`,
+            `stop_token_ids`, `load_dtype`, `exports` (a Ray queue that receives rank 0's file digests).
     """
     import ray
     import ray.train
@@ -264,7 +296,7 @@ def train_loop(config: dict[str, Any]) -> None:
             RayTrainReportCallback(),
             make_progress_callback(writer, counter, config["checkpoints_uri"],
                                    [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]],
-                                   config["base_tokens"]),
+                                   config["base_tokens"], config["kill_driver"]),
         ]
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
@@ -272,8 +304,10 @@ def train_loop(config: dict[str, Any]) -> None:
                                 callbacks)
         trainer = prepare_trainer(trainer)
         run_training(trainer, _restore_dir(config, Path(tmp)))
-        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp)) if rank == 0 else {}
-        ray.train.report({"final_step": trainer.state.global_step, "files": files})
+        if rank == 0:
+            files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp))
+            # Ray Train's Result keeps only metrics reported with a checkpoint: the digests go back through a queue.
+            config["exports"].put(files)
 
 
 def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, model_dir: Path,

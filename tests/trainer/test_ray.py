@@ -1,0 +1,177 @@
+"""Ray Train runs: 2 workers against a moto S3 server, 1-vs-2-worker loss equality, resume after the driver dies.
+
+Field → test (every SFTJob field that concerns training):
+
+| field | test |
+|---|---|
+| model.source (s3://, local path), bad path | test_two_workers_on_s3, test_errors.py::test_bad_base_model_path |
+| model.revision, hf:// | test_units.py::test_hf_source_and_revision |
+| model.dtype, allowUnsafeWeights, trustRemoteCode | test_units.py::test_model_load_options |
+| dataset.* (format, schema, template, masks, packing) | tests/data (the pipeline); packing → test_units.py::test_batching_choice |
+| dataset.train unreadable | test_errors.py::test_unreadable_dataset |
+| method.type lora/full/freeze/prompt_tuning, lora.* (r, alpha, dropout, targetModules, useDora, useRslora) | test_methods.py |
+| method.type qlora, quantization | test_methods.py::test_qlora_without_cuda_fails_with_unsupported_device |
+| method.freeze.trainableLayers, trainEmbeddings | test_methods.py::test_freeze_trains_only_the_top_blocks |
+| method.promptTuning.numVirtualTokens, initText | test_methods.py::test_prompt_tuning_trains_and_changes_generation_after_reload |
+| hyperparameters.batchSize, perDeviceBatchSize, numWorkers | test_units.py::test_batch_split, test_one_and_two_workers_have_equal_loss |
+| hyperparameters.epochs, maxSteps | test_units.py::test_total_steps |
+| hyperparameters.learningRate (unset → by method), lrScheduler, warmupRatio, weightDecay, maxGradNorm, seed, logInterval, evalInterval, neftuneNoiseAlpha | test_units.py::test_training_arguments |
+| hyperparameters.precision, gradientCheckpointing | test_units.py::test_precision_and_checkpointing |
+| hyperparameters.earlyStopping | test_units.py::test_early_stopping_stops |
+| compute.numWorkers, gpusPerWorker | test_two_workers_on_s3 |
+| checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_two_workers_on_s3 |
+| evaluation.numSamples, maxNewTokens | test_two_workers_on_s3 |
+| output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3, test_units.py::test_merge_adapter_export |
+| runPolicy.backoffLimit | FailureConfig(max_failures) in driver; test_units.py::test_run_config |
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sftjob_api.progress import ProgressFile
+from sftjob_trainer import storage
+from sftjob_trainer.config import context_for
+from sftjob_trainer.driver import run_job
+from sftjob_trainer.reporting import read_metrics
+
+from .conftest import job_document, make_job
+
+pytestmark = pytest.mark.slow
+
+# Relative tolerance of the 1-vs-2-worker loss comparison: the same examples and the same token-weighted
+# mean, only float32 reductions happen in a different order (measured differences are ~1e-7).
+LOSS_RTOL = 1e-4
+GLOBAL_BATCH = 8
+STEPS = 4
+
+
+def _upload_tree(local: Path, uri: str) -> None:
+    storage.upload_dir(local, uri)
+
+
+@pytest.fixture(scope="module")
+def s3_two_worker_run(ray_cluster: None, s3_server: Any, tiny_model_dir: Path, copy_data: Path,
+                      tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One 2-worker run reading model and data from S3 and writing checkpoints and artifacts to it."""
+    old = {k: os.environ.get(k) for k in s3_server.env}
+    os.environ.update(s3_server.env)
+    try:
+        bucket = s3_server.create_bucket("sft-it")
+        _upload_tree(tiny_model_dir, f"{bucket}/models/tiny")
+        _upload_tree(copy_data, f"{bucket}/data")
+        doc = job_document("two-workers", f"{bucket}/models/tiny", f"{bucket}/data/train.jsonl",
+                           f"{bucket}/data/validation.jsonl", f"{bucket}/out",
+                           compute={"numWorkers": 2}, hyperparameters={"maxSteps": STEPS, "batchSize": GLOBAL_BATCH,
+                                                                       "evalInterval": 2},
+                           output={"mergeAdapter": True})
+        from sftjob_api.types import parse_sftjob
+
+        result = run_job(context_for(parse_sftjob(doc), 1))
+        local = tmp_path_factory.mktemp("s3-out")
+        storage.download_dir(result.output_uri, local)
+        return {"result": result, "local": local, "metrics": read_metrics(result.output_uri)}
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def test_two_workers_on_s3(s3_two_worker_run: dict[str, Any], tiny_model_dir: Path) -> None:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    result, local = s3_two_worker_run["result"], s3_two_worker_run["local"]
+    assert result.output_uri.startswith("s3://sft-it/out/two-workers")
+    progress = ProgressFile.model_validate_json((local / "progress.json").read_text())
+    assert progress.phase == "Succeeded" and progress.step == STEPS and progress.total_steps == STEPS
+    assert progress.resolved is not None and progress.resolved.num_workers == 2
+    assert progress.resolved.global_batch_size == GLOBAL_BATCH
+    assert progress.trained_tokens > 0 and progress.metrics.eval_loss is not None
+    assert [c.step for c in progress.checkpoints] == [2, 4]  # interval 2, keep 2
+    assert all(c.uri.startswith("s3://sft-it/out/two-workers/checkpoints/two-workers/") for c in progress.checkpoints)
+    # manifest.json: every listed file exists with that digest
+    manifest = json.loads((local / "manifest.json").read_text())
+    for name, entry in manifest["files"].items():
+        data = (local / name).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"], name
+    assert {"adapter/adapter_model.safetensors", "model/model.safetensors", "eval_samples.jsonl", "loss.png",
+            "README.md", "metrics.jsonl"} <= set(manifest["files"])
+    assert (local / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    samples = [json.loads(line) for line in (local / "eval_samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 2 and {"prompt", "reference", "base", "finetuned"} <= set(samples[0])
+    card = (local / "README.md").read_text()
+    assert "lora" in card and "globalBatchSize" in card and "AutoPeftModelForCausalLM" in card
+    # the adapter reloads with PeftModel.from_pretrained, changed the weights, and generates
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(local / "adapter")
+    tuned = PeftModel.from_pretrained(base, local / "adapter")
+    lora_b = [p for n, p in tuned.named_parameters() if "lora_B" in n]
+    assert lora_b and all(float(p.abs().sum()) > 0 for p in lora_b)
+    ids = tokenizer(samples[0]["prompt"], return_tensors="pt").input_ids
+    out = tuned.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=4, min_new_tokens=4,
+                         do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    assert out.shape[1] == ids.shape[1] + 4
+    # the merged model equals base + adapter
+    merged = AutoModelForCausalLM.from_pretrained(local / "model", dtype=torch.float32)
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, tuned(ids).logits, atol=1e-4)
+
+
+def test_one_and_two_workers_have_equal_loss(s3_two_worker_run: dict[str, Any], ray_cluster: None,
+                                             tiny_model_dir: Path, copy_data: Path, tmp_path: Path) -> None:
+    job = make_job("two-workers", tiny_model_dir, copy_data, tmp_path,
+                   hyperparameters={"maxSteps": STEPS, "batchSize": GLOBAL_BATCH, "evalInterval": 2},
+                   output={"mergeAdapter": True})
+    result = run_job(context_for(job, 1))
+    assert result.progress.resolved is not None and result.progress.resolved.num_workers == 1
+    two_resolved = s3_two_worker_run["result"].progress.resolved
+    assert (result.progress.resolved.per_device_batch_size, two_resolved.per_device_batch_size) == (8, 4)
+    one = {m["step"]: m["loss"] for m in read_metrics(result.output_uri) if "loss" in m}
+    two = {m["step"]: m["loss"] for m in s3_two_worker_run["metrics"] if "loss" in m}
+    assert sorted(one) == sorted(two) == list(range(1, STEPS + 1))
+    for step in one:
+        assert one[step] == pytest.approx(two[step], rel=LOSS_RTOL), step
+    assert result.progress.trained_tokens == s3_two_worker_run["result"].progress.trained_tokens
+
+
+def test_resume_after_the_driver_is_killed(ray_cluster: None, tiny_model_dir: Path, copy_data: Path,
+                                           tmp_path: Path) -> None:
+    import ray
+
+    doc = job_document("resume", str(tiny_model_dir), str(copy_data / "train.jsonl"),
+                       str(copy_data / "validation.jsonl"), str(tmp_path),
+                       hyperparameters={"maxSteps": 6}, checkpointing={"interval": 2, "keep": 3})
+    env = {**os.environ, "SFTJOB_CONFIG": json.dumps(doc), "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
+           "SFTJOB_PROGRESS_INTERVAL": "0"}
+    out = tmp_path / "resume"
+    killed = subprocess.run([sys.executable, "-m", "sftjob_trainer"], env={**env, "SFTJOB_FAULT_KILL_DRIVER_AT_STEP": "3"},
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    first = ProgressFile.model_validate_json((out / "progress.json").read_text())
+    assert first.phase == "Running" and first.step == 3
+    assert not (out / "manifest.json").exists()
+    resumed = subprocess.run([sys.executable, "-m", "sftjob_trainer"], env={**env, "SFTJOB_ATTEMPT": "2"},
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = ProgressFile.model_validate_json((out / "progress.json").read_text())
+    assert final.phase == "Succeeded" and final.attempt == 2
+    assert final.resumed_from_step == 2 and final.step == 6
+    steps = [m["step"] for m in read_metrics(str(out)) if "loss" in m]
+    assert steps == [1, 2, 3, 4, 5, 6]  # step 3 of the killed attempt replaced, not duplicated
+    assert [c.step for c in final.checkpoints] == [2, 4, 6]
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["steps"] == 6 and "adapter/adapter_model.safetensors" in manifest["files"]
+    for name, entry in manifest["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"], name
