@@ -86,11 +86,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[None]:
-    """One local Ray cluster for the whole run (starting one costs ~30 s and ~3 GiB here)."""
+def ray_cluster(s3_server: S3Server) -> Iterator[None]:
+    """One local Ray cluster for the whole run (starting one costs ~30 s and ~3 GiB here).
+
+    Its workers see the moto server's (fake) AWS environment, as trainer pods see a Secret's keys.
+    """
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             runtime_env={"env_vars": s3_server.env})
     yield
     ray.shutdown()
