@@ -49,13 +49,13 @@ def _load(path: str) -> Any:
 
 def _follow(output_uri: str, done: threading.Event) -> None:
     """Draw a progress bar from progress.json until `done` is set."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from sftjob_api.progress import PROGRESS_FILE, ProgressFile
     from sftjob_trainer import storage
     from sftjob_trainer.reporting import eta_seconds, format_duration
 
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total:.0f}"),
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[detail]}"), TimeElapsedColumn())
     with Progress(*columns, transient=False) as bar:
         task = bar.add_task("Initializing", total=None, detail="")

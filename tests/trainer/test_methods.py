@@ -48,7 +48,8 @@ def _train(method: dict[str, Any], tiny_model_dir: Path, copy_data: Path, tmp_pa
     plan = resolve(spec, Device(cuda=False), 0, len(prepared.train), batching=batching)
     args = training_arguments(spec, plan, str(tmp_path / "hf"))
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.train]
-    trainer = build_trainer(spec, model, tokenizer, {**args, "save_strategy": "no", "eval_strategy": "no"}, str(tmp_path / "hf"), batching,
+    args = {**args, "save_strategy": "no", "eval_strategy": "no"}
+    trainer = build_trainer(spec, model, tokenizer, args, str(tmp_path / "hf"), batching,
                             rows, None, [])
     trainer.train()
     assert trainer.state.global_step == 4
@@ -68,7 +69,7 @@ def test_lora_trains_saves_reloads_and_generates_differently(lora: dict[str, Any
                                                              copy_data: Path, tmp_path: Path) -> None:
     from peft import PeftModel
 
-    model, tokenizer, base, prepared, base_out = _train({"type": "lora", "lora": lora}, tiny_model_dir, copy_data,
+    model, tokenizer, _, prepared, base_out = _train({"type": "lora", "lora": lora}, tiny_model_dir, copy_data,
                                                         tmp_path)
     targets = {n.split(".")[-2] for n, _ in model.named_modules() if n.endswith("lora_A")}
     assert targets == ({"q_proj", "v_proj"} if lora["targetModules"] != ["all-linear"]
@@ -120,10 +121,12 @@ def test_freeze_trains_only_the_top_blocks(embeddings: bool, tiny_model_dir: Pat
 
 
 def test_freeze_rejects_more_layers_than_the_model_has(tiny_model_dir: Path, copy_data: Path, tmp_path: Path) -> None:
-    job = make_job("m", tiny_model_dir, copy_data, tmp_path, method={"type": "freeze", "freeze": {"trainableLayers": 9}})
+    method = {"type": "freeze", "freeze": {"trainableLayers": 9}}
+    job = make_job("m", tiny_model_dir, copy_data, tmp_path, method=method)
     tokenizer = load_tokenizer(tiny_model_dir, job.spec.model)
+    model = load_model(tiny_model_dir, job.spec.model, tokenizer, "fp32")
     with pytest.raises(TrainerError) as err:
-        apply_method(load_model(tiny_model_dir, job.spec.model, tokenizer, "fp32"), job.spec.method, str(tiny_model_dir))
+        apply_method(model, job.spec.method, str(tiny_model_dir))
     assert err.value.code == "InvalidSpec" and err.value.field == "spec.method.freeze.trainableLayers"
 
 

@@ -4,25 +4,29 @@ Field → test (every SFTJob field that concerns training):
 
 | field | test |
 |---|---|
-| model.source (s3://, local path), bad path | test_two_workers_on_s3, test_errors.py::test_bad_base_model_path |
-| model.revision, hf:// | test_units.py::test_hf_source_and_revision |
-| model.dtype, allowUnsafeWeights, trustRemoteCode | test_units.py::test_model_load_options |
-| dataset.* (format, schema, template, masks, packing) | tests/data (the pipeline); packing → test_units.py::test_batching_choice |
-| dataset.train unreadable | test_errors.py::test_unreadable_dataset |
-| method.type lora/full/freeze/prompt_tuning, lora.* (r, alpha, dropout, targetModules, useDora, useRslora) | test_methods.py |
-| method.type qlora, quantization | test_methods.py::test_qlora_without_cuda_fails_with_unsupported_device |
-| method.freeze.trainableLayers, trainEmbeddings | test_methods.py::test_freeze_trains_only_the_top_blocks |
-| method.promptTuning.numVirtualTokens, initText | test_methods.py::test_prompt_tuning_trains_and_changes_generation_after_reload |
-| hyperparameters.batchSize, perDeviceBatchSize, numWorkers | test_units.py::test_batch_split, test_one_and_two_workers_have_equal_loss |
-| hyperparameters.epochs, maxSteps | test_units.py::test_total_steps |
-| hyperparameters.learningRate (unset → by method), lrScheduler, warmupRatio, weightDecay, maxGradNorm, seed, logInterval, evalInterval, neftuneNoiseAlpha | test_units.py::test_training_arguments |
-| hyperparameters.precision, gradientCheckpointing | test_units.py::test_precision_and_checkpointing |
-| hyperparameters.earlyStopping | test_units.py::test_early_stopping_stops |
+| model.source (s3://, local), bad path | test_two_workers_on_s3, test_errors::test_bad_base_model_path |
+| model.revision, hf:// | test_units::test_hf_source_and_revision |
+| model.dtype, allowUnsafeWeights | test_units::test_model_load_options |
+| dataset.* (formats, templates, masks) | tests/data (the pipeline) |
+| dataset.packing | test_units::test_batching_choice |
+| dataset.train unreadable, credentials | test_errors::test_unreadable_dataset, test_missing_credentials |
+| method.type lora, lora.* (r, alpha, dropout, targetModules, useDora, useRslora) | test_methods::test_lora_* |
+| method.type full | test_methods::test_full_fine_tuning_changes_every_block |
+| method.type freeze, freeze.trainableLayers, trainEmbeddings | test_methods::test_freeze_* |
+| method.type prompt_tuning, promptTuning.* | test_methods::test_prompt_tuning_* |
+| method.type qlora, quantization | test_methods::test_qlora_without_cuda_fails_with_unsupported_device |
+| hyperparameters.batchSize, perDeviceBatchSize | test_units::test_batch_split, test_one_and_two_workers_* |
+| hyperparameters.epochs, maxSteps | test_units::test_total_steps |
+| hyperparameters.learningRate, lrScheduler, warmupRatio | test_units::test_training_arguments |
+| hyperparameters.weightDecay, maxGradNorm | test_units::test_training_arguments |
+| hyperparameters.seed, logInterval, evalInterval, neftuneNoiseAlpha | test_units::test_training_arguments |
+| hyperparameters.precision, gradientCheckpointing | test_units::test_precision_and_checkpointing |
+| hyperparameters.earlyStopping | test_units::test_early_stopping_stops |
 | compute.numWorkers, gpusPerWorker | test_two_workers_on_s3 |
-| checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_two_workers_on_s3 |
+| checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_units::test_run_config |
 | evaluation.numSamples, maxNewTokens | test_two_workers_on_s3 |
-| output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3, test_units.py::test_merge_adapter_export |
-| runPolicy.backoffLimit | FailureConfig(max_failures) in driver; test_units.py::test_run_config |
+| output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3 |
+| runPolicy.backoffLimit | FailureConfig(max_failures) in driver.py (no test kills a worker within a run) |
 """
 
 from __future__ import annotations
@@ -156,7 +160,8 @@ def test_resume_after_the_driver_is_killed(ray_cluster: None, tiny_model_dir: Pa
     env = {**os.environ, "SFTJOB_CONFIG": json.dumps(doc), "RAY_ADDRESS": ray.get_runtime_context().gcs_address,
            "SFTJOB_PROGRESS_INTERVAL": "0"}
     out = tmp_path / "resume"
-    killed = subprocess.run([sys.executable, "-m", "sftjob_trainer"], env={**env, "SFTJOB_FAULT_KILL_DRIVER_AT_STEP": "3"},
+    killed = subprocess.run([sys.executable, "-m", "sftjob_trainer"],
+                            env={**env, "SFTJOB_FAULT_KILL_DRIVER_AT_STEP": "3"},
                             capture_output=True, text=True, timeout=300)
     assert killed.returncode == -9, killed.stderr[-2000:]
     first = ProgressFile.model_validate_json((out / "progress.json").read_text())

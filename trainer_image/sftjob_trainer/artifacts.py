@@ -74,7 +74,8 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
             input_ids = torch.tensor([ids], device=device)
             out = model.generate(
                 input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id, eos_token_id=stop_token_ids or tokenizer.eos_token_id,
+                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                eos_token_id=stop_token_ids or tokenizer.eos_token_id,
             )
             answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
     if was_training:

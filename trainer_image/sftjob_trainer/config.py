@@ -71,7 +71,8 @@ def absolute_paths(job: SFTJob) -> SFTJob:
     })
     model = spec.model.model_copy(update={"source": _absolute(spec.model.source)})
     output = spec.output.model_copy(update={"uri": _absolute(spec.output.uri)})
-    return job.model_copy(update={"spec": spec.model_copy(update={"dataset": dataset, "model": model, "output": output})})
+    new_spec = spec.model_copy(update={"dataset": dataset, "model": model, "output": output})
+    return job.model_copy(update={"spec": new_spec})
 
 
 def load_context(environ: dict[str, str] | None = None) -> JobContext:
@@ -94,7 +95,8 @@ def load_context(environ: dict[str, str] | None = None) -> JobContext:
         try:
             text = Path(where).read_text(encoding="utf-8")
         except OSError as err:
-            raise TrainerError("InvalidSpec", f"{where}: cannot read the job config: {err.strerror}", CONFIG_FILE_ENV) from None
+            message = f"{where}: cannot read the job config: {err.strerror}"
+            raise TrainerError("InvalidSpec", message, CONFIG_FILE_ENV) from None
     else:
         raise TrainerError("InvalidSpec", f"set {CONFIG_ENV} (SFTJob JSON) or {CONFIG_FILE_ENV} (a file holding it)")
     try:

@@ -14,10 +14,12 @@ import random
 import sys
 from pathlib import Path
 
-WORDS = (
-    "red green blue small large cat dog bird fish tree house car road city river one two three four five six "
-    "seven eight nine ten water day time people"
-).split()
+# Single BPE tokens of the tiny tokenizer.
+WORDS = [
+    "red", "green", "blue", "small", "large", "cat", "dog", "bird", "fish", "tree", "house", "car", "road", "city",
+    "river", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "water", "day", "time",
+    "people",
+]
 PROMPT = "Repeat after me: "
 # Words per row: long enough that held-out rows are unseen combinations (30^3 = 27,000 of them).
 ROW_WORDS = 3
@@ -25,9 +27,9 @@ ROW_WORDS = 3
 
 def make_rows(count: int, seed: int) -> list[dict[str, str]]:
     """`count` distinct prompt/completion rows of the copy task."""
-    rng = random.Random(seed)
+    rng = random.Random(seed)  # noqa: S311 - seeded data, not secrets
     seen: set[str] = set()
-    rows = []
+    rows: list[dict[str, str]] = []
     while len(rows) < count:
         words = " ".join(rng.choice(WORDS) for _ in range(ROW_WORDS))
         if words in seen:

@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.progress import CHECKPOINTS_DIR, METRICS_FILE, ProgressFile
-from sftjob_api.types import Metrics, SFTJob
+from sftjob_api.types import Metrics
 from sftjob_trainer import storage
 from sftjob_trainer.artifacts import (
+    EVAL_SAMPLES_FILE,
     LOSS_PLOT_FILE,
     MODEL_CARD_FILE,
-    EVAL_SAMPLES_FILE,
     describe_bytes,
     exact_match,
     loss_plot_png,
@@ -162,7 +162,7 @@ def sequences(prepared: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
 def eval_prompts(prepared: Any, tokenizer: Any, count: int, seed: int) -> list[dict[str, Any]]:
     """Up to `count` held-out examples (seeded choice) as {prompt, prompt_ids, reference}."""
     pool = list(prepared.validation)
-    random.Random(seed + SAMPLE_SEED_OFFSET).shuffle(pool)
+    random.Random(seed + SAMPLE_SEED_OFFSET).shuffle(pool)  # noqa: S311 - a seeded choice
     return [{"prompt": tokenizer.decode(e.prompt_ids), "prompt_ids": e.prompt_ids, "reference": e.reference}
             for e in pool[:count]]
 

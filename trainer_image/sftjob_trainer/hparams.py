@@ -83,7 +83,8 @@ def precision(spec: SFTJobSpec, device: Device) -> str:
     if wanted == "auto":
         return "bf16" if device.cuda and device.bf16 else "fp32"
     if wanted == "fp16" and not device.cuda:
-        raise TrainerError("UnsupportedDevice", "hyperparameters.precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",
+        raise TrainerError("UnsupportedDevice",
+                           "hyperparameters.precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",
                            "spec.hyperparameters.precision")
     if wanted == "bf16" and device.cuda and not device.bf16:
         raise TrainerError("UnsupportedDevice", "this GPU has no bfloat16; use precision fp16 or fp32",
@@ -163,7 +164,9 @@ def training_arguments(spec: SFTJobSpec, plan: Plan, output_dir: str) -> dict[st
             else {"eval_strategy": "epoch"}
         )
     save_args: dict[str, Any] = (
-        {"save_strategy": "steps", "save_steps": ckpt.interval} if ckpt.interval is not None else {"save_strategy": "epoch"}
+        {"save_strategy": "steps", "save_steps": ckpt.interval}
+        if ckpt.interval is not None
+        else {"save_strategy": "epoch"}
     )
     stop_args: dict[str, Any] = {}
     if hp.early_stopping is not None:

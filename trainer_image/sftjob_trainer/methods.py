@@ -142,7 +142,8 @@ def apply_method(model: Any, method: MethodSpec, model_dir: str, gradient_checkp
     try:
         return get_peft_model(model, peft_config(method, model_dir))
     except ValueError as err:
-        raise TrainerError("InvalidSpec", f"method.lora.targetModules: {err}", "spec.method.lora.targetModules") from None
+        field = "spec.method.lora.targetModules"
+        raise TrainerError("InvalidSpec", f"method.lora.targetModules: {err}", field) from None
 
 
 def count_parameters(model: Any) -> tuple[int, int]:

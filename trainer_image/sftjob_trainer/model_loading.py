@@ -72,7 +72,8 @@ def _download_hf(spec: ModelSpec) -> Path:
         ) from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise TrainerError(
-            "StorageUnavailable", f"{spec.source}: cannot download from the Hugging Face Hub: {err}", "spec.model.source"
+            "StorageUnavailable", f"{spec.source}: cannot download from the Hugging Face Hub: {err}",
+            "spec.model.source",
         ) from None
     return Path(path)
 
@@ -177,7 +178,8 @@ def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, qua
     except (OSError, ValueError, KeyError) as err:
         hint = "" if spec.allow_unsafe_weights else " (only safetensors load unless model.allowUnsafeWeights)"
         raise TrainerError("ModelUnreadable", f"base model {spec.source}: {err}{hint}", "spec.model.source") from None
-    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+    embeddings: Any = model.get_input_embeddings()
+    if len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.config.pad_token_id = tokenizer.pad_token_id
     if model.generation_config is not None:

@@ -25,8 +25,8 @@ from sftjob_trainer.artifacts import (
     publish_bytes,
     publish_dir,
 )
-from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.errors import is_out_of_memory, out_of_memory
+from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
 
 # Fault injection for resilience tests: when set to N, rank 0 SIGKILLs the driver process after
@@ -85,7 +85,7 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
     """
     from transformers import TrainerCallback
 
-    class ProgressCallback(TrainerCallback):  # type: ignore[misc]
+    class ProgressCallback(TrainerCallback):
         def __init__(self) -> None:
             self.start = time.monotonic()
             self.start_step = 0
@@ -338,7 +338,8 @@ def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, 
             adapter = tmp / ADAPTER_DIR
             model.save_pretrained(str(adapter))
             tokenizer.save_pretrained(str(adapter))
-            files.update({f"{ADAPTER_DIR}/{k}": v for k, v in publish_dir(adapter, storage.join(out, ADAPTER_DIR)).items()})
+            published = publish_dir(adapter, storage.join(out, ADAPTER_DIR))
+            files.update({f"{ADAPTER_DIR}/{k}": v for k, v in published.items()})
         if spec.output.merge_adapter:
             merged = merged_model(model, spec, tokenizer, model_dir, tmp, config["load_dtype"])
             files.update(_save_full(merged, tokenizer, tmp, out))

@@ -1,0 +1,64 @@
+"""Expected failures end with phase Failed, an error code and message in progress.json, and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from sftjob_api.progress import ProgressFile
+
+from .conftest import job_document
+
+
+def _run(doc: dict[str, Any], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    full = {**os.environ, **(env or {}), "SFTJOB_CONFIG": json.dumps(doc)}
+    return subprocess.run([sys.executable, "-m", "sftjob_trainer"], env=full, capture_output=True, text=True,
+                          timeout=120)
+
+
+def _failed(out: Path) -> ProgressFile:
+    progress = ProgressFile.model_validate_json((out / "progress.json").read_text())
+    assert progress.phase == "Failed" and progress.error is not None
+    return progress
+
+
+def test_bad_base_model_path(copy_data: Path, tmp_path: Path) -> None:
+    doc = job_document("bad-model", str(tmp_path / "nowhere"), str(copy_data / "train.jsonl"), None, str(tmp_path))
+    proc = _run(doc)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = _failed(tmp_path / "bad-model").error
+    assert error is not None and (error.code, error.field) == ("ModelUnreadable", "spec.model.source")
+    assert "does not exist" in error.message and not error.retryable
+
+
+def test_unreadable_dataset(tiny_model_dir: Path, tmp_path: Path) -> None:
+    doc = job_document("bad-data", str(tiny_model_dir), str(tmp_path / "missing.jsonl"), None, str(tmp_path))
+    proc = _run(doc)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = _failed(tmp_path / "bad-data").error
+    assert error is not None and error.code == "DatasetUnreadable" and "missing.jsonl" in error.message
+
+
+def test_missing_credentials(tiny_model_dir: Path, tmp_path: Path, s3_server: Any) -> None:
+    doc = job_document("no-creds", str(tiny_model_dir), "s3://sft-it/data/train.jsonl", None, str(tmp_path))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update({"AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_SHARED_CREDENTIALS_FILE": str(tmp_path / "none"),
+                "AWS_CONFIG_FILE": str(tmp_path / "none"), "AWS_EC2_METADATA_DISABLED": "true"})
+    proc = subprocess.run([sys.executable, "-m", "sftjob_trainer"], env={**env, "SFTJOB_CONFIG": json.dumps(doc)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    error = _failed(tmp_path / "no-creds").error
+    assert error is not None and error.code == "MissingCredentials"
+
+
+def test_sftjob_run_reports_a_bad_file_with_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "job.yaml").write_text("apiVersion: sftjob.dev/v1alpha1\nkind: SFTJob\nmetadata: {name: x}\nspec:\n"
+                                       "  model: {source: m}\n  dataset: {train: {uri: d}}\n  method: {type: lorra}\n"
+                                       "  output: {uri: o}\n")
+    proc = subprocess.run([str(Path(sys.executable).parent / "sftjob"), "run", str(tmp_path / "job.yaml")],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and "job.yaml:7: spec.method.type" in proc.stderr and "Traceback" not in proc.stderr
