@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch is pinned in every pip call: an unpinned torch pulls a multi-GB CUDA build.
 TORCH := torch==2.13.0
 
-.PHONY: install test lint crd docs
+.PHONY: install test lint crd docs demo
 
 $(BIN)/sftjob: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,3 +28,11 @@ crd: install
 
 docs: install
 	$(BIN)/sftjob reference > docs/sftjob-reference.md
+
+# The quickstart: a tiny model and a copy-task dataset built under demo/, one `sftjob run` on a local
+# Ray cluster (2 CPU workers), then base vs fine-tuned held-out exact match from eval_samples.jsonl.
+demo: install
+	rm -rf demo
+	$(BIN)/python -m sftjob_trainer.demo assets demo
+	$(BIN)/sftjob run examples/quickstart.yaml
+	$(BIN)/python -m sftjob_trainer.demo report demo/output/quickstart
