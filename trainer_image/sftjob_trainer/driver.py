@@ -183,8 +183,21 @@ def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) ->
     batching = "packed" if spec.dataset.packing and spec.method.type != "prompt_tuning" else "length_grouped"
     rows, _ = sequences(prepared)
     plan = resolve(spec, Device(cuda=cuda, bf16=cuda), count_params(model_dir, spec), len(rows),
-                   max_seq_length=prepared.max_seq_length, batching=batching, chat_template=prepared.chat_template)
+                   max_seq_length=prepared.max_seq_length, batching=batching, chat_template=prepared.chat_template,
+                   attention=attention_for(batching))
     return plan, batching
+
+
+def attention_for(batching: str) -> str:
+    """The attention implementation for a batching mode.
+
+    Packed rows use per-example (varlen) SDPA: attention work is the sum of the squared example lengths
+    instead of the squared row length, and no mask is materialised (bench/RESULTS.md measures it against
+    the stock masked SDPA). Padded batches use stock SDPA with their padding mask.
+    """
+    from sftjob_trainer.attention import VARLEN_ATTENTION
+
+    return VARLEN_ATTENTION if batching == "packed" else "sdpa"
 
 
 def _worker_error(err: BaseException) -> TrainerError | None:
@@ -265,6 +278,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "attempt": ctx.attempt,
         "plan": sft_args,
         "batching": batching,
+        "attention": plan.resolved.attention,
         "load_dtype": _load_dtype(spec, plan),
         "train": ray.put(train_rows),
         "validation": ray.put(val_rows) if val_rows else None,
@@ -278,9 +292,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "resume_latest": resume_from == "latest",
         "kill_driver": _fault_hook(),
         "exports": Queue(maxsize=1),
+        "cpus_per_worker": worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
     }
     gpus = spec.compute.gpus_per_worker
-    resources = {"CPU": 1, **({"GPU": gpus} if gpus else {})}
+    resources = {"CPU": config["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=config,
@@ -304,6 +319,18 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     del result  # its metrics hold only checkpoint reports; rank 0's file digests come through the queue
     return export(ctx, {"files": config["exports"].get(timeout=EXPORT_TIMEOUT_S)}, writer)
+
+
+def worker_cpus(requested: int, num_workers: int) -> int:
+    """CPUs each Ray Train worker reserves: `cpusPerWorker`, capped by what the Ray cluster has.
+
+    On Kubernetes the worker pods are sized from cpusPerWorker, so the cap never binds; on a laptop
+    it keeps a 4-CPU default schedulable on 2 cores. Workers size their torch thread pool from it.
+    """
+    import ray
+
+    available = int(ray.cluster_resources().get("CPU", 1))
+    return max(1, min(requested, available // num_workers))
 
 
 def _fault_hook() -> tuple[int, int] | None:

@@ -148,7 +148,8 @@ def torch_dtype(name: str) -> Any:
     return table[name]
 
 
-def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, quantization: Any = None) -> Any:
+def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, quantization: Any = None,
+               attention: str = "sdpa") -> Any:
     """The causal LM, in `dtype`, embeddings resized when the tokenizer gained a token.
 
     Args:
@@ -157,6 +158,7 @@ def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, qua
         tokenizer: From `load_tokenizer`.
         dtype: `fp32`, `bf16` or `fp16`.
         quantization: A transformers `BitsAndBytesConfig` for QLoRA, or None.
+        attention: The attention implementation (`sdpa`, or the varlen SDPA of `sftjob_trainer.attention`).
 
     Returns:
         The model (on CPU; the Trainer moves it).
@@ -166,7 +168,12 @@ def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, qua
     """
     from transformers import AutoModelForCausalLM
 
+    from sftjob_trainer.attention import VARLEN_ATTENTION, register_varlen_attention
+
+    if attention == VARLEN_ATTENTION:
+        register_varlen_attention()
     kwargs: dict[str, Any] = {
+        "attn_implementation": attention,
         "dtype": torch_dtype(dtype),
         "trust_remote_code": spec.trust_remote_code,
         "use_safetensors": None if spec.allow_unsafe_weights else True,
