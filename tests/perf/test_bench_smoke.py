@@ -25,3 +25,17 @@ def test_train_throughput_tiny(tmp_path: Path) -> None:
     assert "ours/A trained tok/s = " in out and "ours/B trained tok/s = " in out
     stats = json.loads((tmp_path / "assets-tiny" / "length_stats.json").read_text())
     assert stats["examples"] == 48
+
+
+@pytest.mark.slow
+def test_ray_overhead_tiny(tmp_path: Path, ray_cluster: None) -> None:
+    # ray_cluster: the suite's Ray is already up; the bench's `sftjob run` starts its own local cluster
+    # in a subprocess, so this only keeps the order of heavy fixtures predictable.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "ray_overhead.py"), "--scale", "tiny", "--workers", "1",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| plain | 1 |" in result.stdout and "| ray | 1 |" in result.stdout
+    assert "`ray.init()` alone in a fresh process:" in result.stdout

@@ -1,0 +1,213 @@
+"""What Ray costs: `sftjob run` on a local Ray cluster against the same training in one plain process.
+
+    python bench/ray_overhead.py [--scale full|tiny] [--workers 1,2] [--out DIR] [--write-results]
+
+Both sides train the same job (the train_throughput assets, sftjob's defaults, batch 8) and are
+observed the same way, from outside, by polling the progress.json that the operator reads
+(`SFTJOB_PROGRESS_INTERVAL` lowered so every few steps are seen). Time to first step is split into
+process start + imports (until progress.json first appears), data preparation and model loading,
+and the rest (Ray start, worker start). Steady-state throughput is trained tokens per second between
+the first progress record at or after 20% of the steps and the last one before export. Ray's own
+start is measured separately (`ray.init` in a fresh process). Peak memory is the whole process tree.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+# Progress records every 0.2 s: fine enough to time steps of ~1 s without slowing training.
+PROGRESS_INTERVAL_S = "0.2"
+POLL_S = 0.1
+# Steady state starts after this share of the steps (warm-up, first-step allocations).
+STEADY_FROM = 0.2
+
+_PLAIN = """
+import json, sys
+from pathlib import Path
+from transformers import TrainerCallback
+from sftjob_api.types import parse_sftjob
+from sftjob_trainer.local import build_local_trainer
+from sftjob_trainer.reporting import ProgressWriter
+from sftjob_trainer.worker import TokenCounter
+
+job = parse_sftjob(json.loads(Path(sys.argv[1]).read_text()))
+work = Path(sys.argv[2])
+writer = ProgressWriter(str(work / "output" / job.name), 1)
+writer.set_phase("Initializing", "imports done")
+writer.flush()
+trainer, _, _ = build_local_trainer(job, work)
+writer.set_phase("Running", "model loaded")
+writer.flush()
+counter = TokenCounter()
+trainer.model.register_forward_pre_hook(counter, with_kwargs=True)
+
+class Progress(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        writer.update(step=state.global_step, trained_tokens=counter.local, total_steps=state.max_steps)
+
+trainer.add_callback(Progress())
+trainer.train()
+writer.set_phase("Succeeded", "done")
+writer.flush()
+"""
+
+def _job(assets: Path, workers: int, threads: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": f"overhead-w{workers}"},
+        "spec": {
+            "model": {"source": str(assets / "model")},
+            "dataset": {"train": {"uri": str(assets / "train.jsonl")}, "schema": "prompt_completion",
+                        "maxSeqLength": 1024, "dedup": False},
+            "method": {"type": "full"},
+            "hyperparameters": {"epochs": 1, "learningRate": 5e-4, "batchSize": 8, "lrScheduler": "linear",
+                                "warmupRatio": 0.0, "weightDecay": 0.0, "seed": 0, "logInterval": 10},
+            "compute": {"numWorkers": workers, "gpusPerWorker": 0, "cpusPerWorker": threads},
+            "checkpointing": {"interval": 100000},
+            "evaluation": {"numSamples": 0},
+            "output": {"uri": "OUT"},
+        },
+    }
+
+
+def _tree_rss_mb(pid: int) -> float:
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def observe(command: list[str], progress: Path, env: dict[str, str]) -> dict[str, Any]:
+    """Run `command`, polling `progress` (progress.json); returns phase times, step samples and peak RSS."""
+    start = time.perf_counter()
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    phases: dict[str, float] = {}
+    samples: list[tuple[float, int, int]] = []
+    peak = 0.0
+    while proc.poll() is None:
+        now = time.perf_counter() - start
+        peak = max(peak, _tree_rss_mb(proc.pid))
+        try:
+            record = json.loads(progress.read_text())
+        except (OSError, ValueError):
+            record = None
+        if record:
+            phases.setdefault(record["phase"], now)
+            stepped = record["phase"] == "Running" and record.get("step", 0) > 0
+            if stepped and (not samples or samples[-1][1] != record["step"]):
+                samples.append((now, record["step"], record.get("trainedTokens", 0)))
+                phases.setdefault("first_step", now)
+        time.sleep(POLL_S)
+    stderr = proc.stderr.read() if proc.stderr else ""
+    if proc.returncode != 0:
+        raise RuntimeError(f"{command} failed: {stderr[-3000:]}")
+    return {"phases": phases, "samples": samples, "peak_rss_mb": peak, "total_s": time.perf_counter() - start}
+
+
+def steady_rate(samples: list[tuple[float, int, int]]) -> float:
+    """Trained tokens/s between the sample at STEADY_FROM of the steps and the last sample."""
+    if len(samples) < 2:
+        return float("nan")  # a run too short to see two steps (the tiny smoke scale)
+    last_step = samples[-1][1]
+    first = next(s for s in samples if s[1] >= STEADY_FROM * last_step)
+    if first is samples[-1]:
+        first = samples[-2]
+    last = samples[-1]
+    return (last[2] - first[2]) / (last[0] - first[0])
+
+
+def ray_start_seconds() -> float:
+    """Seconds `ray.init()` takes in a fresh process (imports excluded)."""
+    code = ("import time, ray; t=time.perf_counter(); ray.init(include_dashboard=False, configure_logging=False, "
+            "log_to_driver=False); print(time.perf_counter()-t); ray.shutdown()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    return float(out.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the comparison and print (optionally write) the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--scale", choices=("full", "tiny"), default="full")
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--out", type=Path, default=HERE / ".work")
+    parser.add_argument("--write-results", action="store_true")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, str(HERE.parent))  # run as a script: make `bench` importable
+    from bench import assets as asset_builder
+
+    assets = args.out / f"assets-{args.scale}"
+    if not (assets / "eval.jsonl").exists():
+        asset_builder.build(assets, args.scale)
+    threads = os.cpu_count() or 1
+    env = {**os.environ, "SFTJOB_PROGRESS_INTERVAL": PROGRESS_INTERVAL_S, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    sftjob = str(Path(sys.executable).with_name("sftjob"))
+    rows = []
+    for workers in [int(w) for w in args.workers.split(",")]:
+        for mode in ("plain", "ray"):
+            if mode == "plain" and workers > 1:
+                continue  # one plain process is the baseline for every worker count
+            work = args.out / f"overhead-{mode}-w{workers}"
+            job = _job(assets, workers, max(1, threads // workers))
+            job["spec"]["output"]["uri"] = str(work / "output")
+            work.mkdir(parents=True, exist_ok=True)
+            job_path = work / "job.json"
+            job_path.write_text(json.dumps(job))
+            progress = work / "output" / job["metadata"]["name"] / "progress.json"
+            progress.unlink(missing_ok=True)
+            if mode == "plain":
+                command = [sys.executable, "-c", _PLAIN, str(job_path), str(work)]
+            else:
+                yaml_path = work / "job.yaml"
+                yaml_path.write_text(json.dumps(job))  # JSON is YAML
+                command = [sftjob, "run", str(yaml_path), "--no-progress"]
+            seen = observe(command, progress, env)
+            phases = seen["phases"]
+            # The first progress.json of either side is written right after its imports.
+            first_seen = min(t for name, t in phases.items() if name != "first_step")
+            rows.append({
+                "mode": mode, "workers": workers,
+                "imports_s": first_seen,
+                "to_running_s": phases.get("Running", first_seen) - first_seen,
+                "first_step_s": phases.get("first_step", 0.0),
+                "steady_tok_s": steady_rate(seen["samples"]),
+                "peak_rss_mb": seen["peak_rss_mb"], "total_s": seen["total_s"],
+            })
+            print(json.dumps(rows[-1]), flush=True)
+    ray_init = ray_start_seconds()
+    plain = next(r for r in rows if r["mode"] == "plain")
+    lines = [
+        "| run | workers | process start + imports s | data + model (+ Ray start) s | time to first step s "
+        "| steady trained tok/s | vs plain | peak RSS MB (tree) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {r['workers']} | {r['imports_s']:.1f} | {r['to_running_s']:.1f} | "
+            f"{r['first_step_s']:.1f} | {r['steady_tok_s']:.0f} | {r['steady_tok_s'] / plain['steady_tok_s']:.2f}x | "
+            f"{r['peak_rss_mb']:.0f} |"
+        )
+    lines.append(f"\n`ray.init()` alone in a fresh process: {ray_init:.1f} s.")
+    print("\n".join(lines))
+    if args.write_results:
+        path = HERE / "RESULTS.md"
+        text = path.read_text() if path.exists() else ""
+        marker = "\n## Ray overhead"
+        text = text.split(marker)[0].rstrip() + "\n" + marker + " (written by bench/ray_overhead.py)\n\n"
+        text += (f"Scale {args.scale}, {threads} CPU threads in all, split evenly over the workers; "
+                 "measured from outside through progress.json.\n\n" + "\n".join(lines) + "\n")
+        path.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
