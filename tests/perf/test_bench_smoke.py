@@ -28,9 +28,7 @@ def test_train_throughput_tiny(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_ray_overhead_tiny(tmp_path: Path, ray_cluster: None) -> None:
-    # ray_cluster: the suite's Ray is already up; the bench's `sftjob run` starts its own local cluster
-    # in a subprocess, so this only keeps the order of heavy fixtures predictable.
+def test_ray_overhead_tiny(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, str(REPO / "bench" / "ray_overhead.py"), "--scale", "tiny", "--workers", "1",
          "--out", str(tmp_path)],
