@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -70,7 +71,7 @@ def _job(assets: Path, workers: int, threads: int) -> dict[str, Any]:
             "hyperparameters": {"epochs": 1, "learningRate": 5e-4, "batchSize": 8, "lrScheduler": "linear",
                                 "warmupRatio": 0.0, "weightDecay": 0.0, "seed": 0, "logInterval": 10},
             "compute": {"numWorkers": workers, "gpusPerWorker": 0, "cpusPerWorker": threads},
-            "checkpointing": {"interval": 100000},
+            "checkpointing": {"interval": 100000, "resumeFrom": "none"},
             "evaluation": {"numSamples": 0},
             "output": {"uri": "OUT"},
         },
@@ -157,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             if mode == "plain" and workers > 1:
                 continue  # one plain process is the baseline for every worker count
             work = args.out / f"overhead-{mode}-w{workers}"
+            shutil.rmtree(work, ignore_errors=True)  # never resume from, or count, an earlier run
             job = _job(assets, workers, max(1, threads // workers))
             job["spec"]["output"]["uri"] = str(work / "output")
             work.mkdir(parents=True, exist_ok=True)
