@@ -268,6 +268,9 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
     if not ray.is_initialized():
+        # Ray starts its worker processes at nice 15; on a local machine (`sftjob run`) that hands the
+        # training worker's CPU to any other process. A cluster started here runs them at normal priority.
+        os.environ.setdefault(RAY_WORKER_NICENESS_ENV, "0")
         ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
                  configure_logging=False, log_to_driver=False)
     storage_path, filesystem = checkpoint_storage(ctx.output_uri)
@@ -319,6 +322,9 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     del result  # its metrics hold only checkpoint reports; rank 0's file digests come through the queue
     return export(ctx, {"files": config["exports"].get(timeout=EXPORT_TIMEOUT_S)}, writer)
+
+
+RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
