@@ -24,6 +24,8 @@ DOC = REPO / "docs" / "reliability.md"
 REPORT_ENV = "SFTJOB_RELIABILITY_REPORT"
 GENERATE_COMMAND = ".venv/bin/python tests/reliability/report.py"
 
+# Tests of the page itself (test_report.py) carry this area; they are not scenarios and stay off the page.
+META_AREA = "Report"
 # Order of the areas on the page (the issue's order); an area not listed here goes last.
 AREAS = ("Bad input", "Security", "Trainer faults", "Operator faults", "Load")
 
@@ -40,6 +42,22 @@ ELSEWHERE = (
      "tests/deploy/test_rbac.py"),
     ("Security", "operator Deployment in the chart: non-root, restricted security context",
      "tests/deploy/test_chart.py"),
+)
+
+# Scenarios of issue 8 this suite does not test yet, with what stands in the way.
+NOT_COVERED = (
+    ("Trainer faults", "object store stops answering during checkpoint or artifact upload → retries with backoff, "
+     "no manifest.json for an incomplete output", "not written yet"),
+    ("Operator faults", "operator killed at 20+ random points of a job's life → one RayJob per attempt, consistent "
+     "status", "not written yet"),
+    ("Operator faults", "API server 5xx and 409 injected (RealisticEmulator.inject_fault) → retries, no status lost",
+     "not written yet"),
+    ("Operator faults", "RayJob deleted by hand → recreated under the same attempt (policy in "
+     "sftjob_operator.status.derive_status)", "not written yet"),
+    ("Load", "200 SFTJobs at once: all reconciled, operator RSS, status writes per job per minute",
+     "not written yet; 55 jobs take ~20 s on the emulator (test_operator_rejects)"),
+    ("Security", "namespace-scoped operator run on the emulator", "the emulator answers 500 on /api/v1/namespaces "
+     "(ValueError: not enough values to unpack), which Kopf lists when given namespaces"),
 )
 
 
@@ -80,6 +98,7 @@ def render(results: list[ScenarioResult], figures: dict[str, str]) -> str:
     Returns:
         The page's text.
     """
+    results = [r for r in results if r.area != META_AREA]
     order = {area: i for i, area in enumerate(AREAS)}
     by_area: dict[str, list[ScenarioResult]] = {}
     for result in sorted(results, key=lambda r: (order.get(r.area, len(AREAS)), r.area)):
@@ -121,13 +140,20 @@ def render(results: list[ScenarioResult], figures: dict[str, str]) -> str:
               "| Area | Scenario | Test |", "|---|---|---|"]
     lines += [f"| {area} | {name} | `{node}` |" for area, name, node in ELSEWHERE]
     lines.append("")
+    lines += ["## Not covered yet", "", "| Area | Scenario | Why |", "|---|---|---|"]
+    lines += [f"| {area} | {name} | {why} |" for area, name, why in NOT_COVERED]
+    lines.append("")
     return "\n".join(lines)
 
 
 def main() -> int:
-    """Run tests/reliability and write docs/reliability.md from the results; returns pytest's exit code."""
+    """Run tests/reliability and write docs/reliability.md from the results; returns pytest's exit code.
+
+    test_report.py (which checks the page) is left out of this run: it would judge the page being replaced.
+    """
     env = {**os.environ, REPORT_ENV: str(DOC)}
-    command = [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider"]
+    command = [sys.executable, "-m", "pytest", "tests/reliability", "-q", "-p", "no:cacheprovider",
+               "--ignore=tests/reliability/test_report.py"]
     return subprocess.run(command, cwd=REPO, env=env, check=False).returncode
 
 

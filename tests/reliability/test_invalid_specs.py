@@ -24,6 +24,7 @@ REPO = Path(__file__).resolve().parents[2]
 CORPUS = sorted((REPO / "tests" / "corpus" / "sftjobs").glob("*.yaml"))
 AREA = "Bad input"
 NAMESPACE = "ml"
+SLOW_TIMER_S = 10.0
 # What never reaches the operator, and why: the API server only stores JSON objects of the URL's kind.
 NOT_DELIVERABLE = {
     "empty-file": "no document to send",
@@ -73,7 +74,8 @@ def _name(index: int, path: Path, document: dict[str, Any]) -> str:
 async def test_operator_rejects(k8s: Any, api: Any, operator: Any, record_cases: Any) -> None:
     sftjobs = next(res for res in k8s._schemas if res.plural == "sftjobs")
     k8s._schemas.pop(sftjobs)  # admission off: the operator is the last guard
-    await operator()
+    # A slow progress timer: 55 jobs refreshed every 0.2 s would keep two cores busy with no-op reconciles.
+    await operator(progress_interval_seconds=SLOW_TIMER_S)
     expected: dict[str, tuple[str, str]] = {}
     for index, path in enumerate(DELIVERABLE):
         document = _document(path)
@@ -98,8 +100,14 @@ async def test_operator_rejects(k8s: Any, api: Any, operator: Any, record_cases:
                 and error.get("field") == field and failed and failed[0]["reason"] == "InvalidSpec"):
             wrong.append((stem, status))
     rayjobs = await api.list_rayjobs(NAMESPACE)
-    events = [e for e in await api.events(NAMESPACE) if e.get("reason") == "Failed" and e.get("type") == "Warning"]
+
+    async def warned() -> set[str] | None:
+        # Kopf posts events from a background queue: wait until the last one is out.
+        names = {e["involvedObject"]["name"] for e in await api.events(NAMESPACE)
+                 if e.get("reason") == "Failed" and e.get("type") == "Warning"}
+        return names if names == set(expected) else None
+
     record_cases(len(expected), len(expected) - len(wrong))
     assert wrong == []
     assert rayjobs == [] and k8s.count_writes("create", "rayjobs") == 0
-    assert {e["involvedObject"]["name"] for e in events} == set(expected)
+    assert await wait_for(warned, timeout=30, what="one Warning/Failed event per job") == set(expected)
