@@ -14,10 +14,10 @@ from sftjob_api.progress import ProgressFile
 from .conftest import job_document
 
 
-def _run(doc: dict[str, Any], env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(doc: dict[str, Any], env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {}), "SFTJOB_CONFIG": json.dumps(doc)}
     return subprocess.run([sys.executable, "-m", "sftjob_trainer"], env=full, capture_output=True, text=True,
-                          timeout=120)
+                          timeout=timeout)
 
 
 def _failed(out: Path) -> ProgressFile:
@@ -62,3 +62,24 @@ def test_sftjob_run_reports_a_bad_file_with_exit_2(tmp_path: Path) -> None:
     proc = subprocess.run([str(Path(sys.executable).parent / "sftjob"), "run", str(tmp_path / "job.yaml")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "job.yaml:7: spec.method.type" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_out_of_memory_on_the_first_step(ray_cluster: None, tiny_model_dir: Path, copy_data: Path,
+                                         tmp_path: Path) -> None:
+    import ray
+
+    # The allocator failure is injected at step 1 on rank 0 (torch's own OutOfMemoryError, raised inside the
+    # Ray Train worker); everything after it - the worker, Ray, the driver, progress.json - is the real path.
+    doc = job_document("oom", str(tiny_model_dir), str(copy_data / "train.jsonl"), None, str(tmp_path),
+                       hyperparameters={"maxSteps": 3})
+    # A generous limit: starting Ray Train workers on a loaded 2-core machine takes a minute or more.
+    proc = _run(doc, {"SFTJOB_FAULT_OOM_AT_STEP": "1", "RAY_ADDRESS": ray.get_runtime_context().gcs_address},
+                timeout=400)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    progress = _failed(tmp_path / "oom")
+    error = progress.error
+    assert error is not None and error.code == "OutOfMemory" and not error.retryable
+    assert "first" in error.message or "step 1" in error.message
+    assert progress.step == 0
+    assert not (tmp_path / "oom" / "manifest.json").exists()

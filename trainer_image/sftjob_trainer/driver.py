@@ -294,6 +294,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
         "resume_latest": resume_from == "latest",
         "kill_driver": _fault_hook(),
+        "oom_at_step": _oom_hook(),
         "exports": Queue(maxsize=1),
         "cpus_per_worker": worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
     }
@@ -345,6 +346,14 @@ def _fault_hook() -> tuple[int, int] | None:
 
     step = os.environ.get(KILL_DRIVER_AT_STEP_ENV, "")
     return (int(step), os.getpid()) if step.isdigit() else None
+
+
+def _oom_hook() -> int | None:
+    """The step at which the resilience tests ask rank 0 to fail with out-of-memory."""
+    from sftjob_trainer.worker import OOM_AT_STEP_ENV
+
+    step = os.environ.get(OOM_AT_STEP_ENV, "")
+    return int(step) if step.isdigit() else None
 
 
 def _load_dtype(spec: Any, plan: Plan) -> str:

@@ -32,6 +32,9 @@ from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from
 # Fault injection for resilience tests: when set to N, rank 0 SIGKILLs the driver process after
 # optimizer step N, as a lost head node would. Never set in production.
 KILL_DRIVER_AT_STEP_ENV = "SFTJOB_FAULT_KILL_DRIVER_AT_STEP"
+# Fault injection: when set to N, rank 0's allocator "fails" at the start of optimizer step N (the error
+# torch raises when memory runs out), to prove the path from a worker OOM to progress.json. Never set in production.
+OOM_AT_STEP_ENV = "SFTJOB_FAULT_OOM_AT_STEP"
 # Steps in the sliding window of the tokens/s figure (recent throughput, not the run's average).
 THROUGHPUT_WINDOW = 20
 
@@ -69,7 +72,7 @@ def _all_ranks_sum(value: int) -> int:
 
 def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter, checkpoints_uri: str,
                            known_checkpoints: list[CheckpointRef], base_tokens: int,
-                           kill_driver: tuple[int, int] | None = None) -> Any:
+                           kill_driver: tuple[int, int] | None = None, oom_at_step: int | None = None) -> Any:
     """The callback that turns Trainer events into progress.json and metrics.jsonl (rank 0 writes).
 
     Args:
@@ -79,6 +82,7 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
         known_checkpoints: Checkpoints of earlier attempts (kept in the list).
         base_tokens: Tokens trained by earlier attempts.
         kill_driver: (step, driver pid) of the fault-injection hook, or None.
+        oom_at_step: Step at which rank 0 raises torch's out-of-memory error (fault injection), or None.
 
     Returns:
         A `transformers.TrainerCallback`.
@@ -109,6 +113,12 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
             if writer is not None:
                 writer.truncate_metrics_after(self.start_step)  # drop what a dead attempt logged past its checkpoint
                 writer.update(force=True, resumed_from_step=self.start_step or None)
+
+        def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if oom_at_step is not None and writer is not None and state.global_step + 1 == oom_at_step:
+                import torch
+
+                raise torch.OutOfMemoryError(f"injected by {OOM_AT_STEP_ENV}: tried to allocate 64.00 GiB")
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if not self.started:
@@ -319,7 +329,7 @@ def train_loop(config: dict[str, Any]) -> None:
             RayTrainReportCallback(),
             make_progress_callback(writer, counter, config["checkpoints_uri"],
                                    [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]],
-                                   config["base_tokens"], config["kill_driver"]),
+                                   config["base_tokens"], config["kill_driver"], config.get("oom_at_step")),
         ]
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
@@ -392,4 +402,11 @@ def _save_full(model: Any, tokenizer: Any, tmp: Path, out: str) -> dict[str, dic
     return {f"{MODEL_DIR}/{k}": v for k, v in publish_dir(local, storage.join(out, MODEL_DIR)).items()}
 
 
-__all__ = ["KILL_DRIVER_AT_STEP_ENV", "build_collator", "build_trainer", "run_training", "train_loop"]
+__all__ = [
+    "KILL_DRIVER_AT_STEP_ENV",
+    "OOM_AT_STEP_ENV",
+    "build_collator",
+    "build_trainer",
+    "run_training",
+    "train_loop",
+]
