@@ -14,7 +14,8 @@ from sftjob_api.progress import ProgressFile
 from .conftest import job_document
 
 
-def _run(doc: dict[str, Any], env: dict[str, str] | None = None, timeout: int = 120) -> subprocess.CompletedProcess[str]:
+def _run(doc: dict[str, Any], env: dict[str, str] | None = None,
+         timeout: int = 120) -> subprocess.CompletedProcess[str]:
     full = {**os.environ, **(env or {}), "SFTJOB_CONFIG": json.dumps(doc)}
     return subprocess.run([sys.executable, "-m", "sftjob_trainer"], env=full, capture_output=True, text=True,
                           timeout=timeout)
