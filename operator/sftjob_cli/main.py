@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sftjob_cli import run_cmd
 
     run_cmd.register(commands)
+    from sftjob_cli import render_cmd
+
+    render_cmd.register(commands)
     return parser
 
 

@@ -1,0 +1,62 @@
+"""`sftjob render job.yaml [--attempt N]`: print the RayJob(s) the operator would create (GitOps debugging).
+
+One RayJob per SFTJob document, for the given attempt (default 1), with the operator's settings
+read from the same environment variables the operator reads (`SFTJOB_TRAINER_IMAGE`,
+`SFTJOB_DEFAULT_WORKER_CPU`, ...). Two differences from what the operator creates: the
+ownerReference is absent (the SFTJob has no uid before the API server stores it), and so is the
+namespace when the file names none. Exit codes: 0 printed, 2 invalid input, 1 internal error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+EXIT_OK = 0
+EXIT_INVALID = 2
+
+
+def register(commands: Any) -> None:
+    """Add the `render` subcommand."""
+    render = commands.add_parser("render", help="print the RayJob(s) the operator would create for an SFTJob file")
+    render.add_argument("file", metavar="FILE", help="SFTJob YAML file ('-' reads stdin)")
+    render.add_argument("--attempt", type=int, default=1, metavar="N", help="attempt number (default 1)")
+    render.set_defaults(handler=_cmd_render)
+
+
+def _cmd_render(args: argparse.Namespace) -> int:
+    from sftjob_api.errors import check_document
+    from sftjob_cli.main import dump_yaml, validate_documents
+    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+    from sftjob_operator.rayjob import build_rayjob, check_renderable
+    from sftjob_operator.settings import Settings, SettingsError
+
+    if args.attempt < 1:
+        print("--attempt: must be 1 or more", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        settings = Settings.from_env()
+    except SettingsError as err:
+        print(f"sftjob render: {err}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        documents = load_documents(read_text(args.file), args.file)
+    except SourceError as err:
+        print(err, file=sys.stderr)
+        return EXIT_INVALID
+    problems = validate_documents(documents, args.file)
+    rendered = []
+    for document in documents if not problems else []:
+        job, _ = check_document(document.data)
+        assert job is not None  # validate_documents found no problem
+        for problem in check_renderable(job):
+            where = document.line_of(problem.path)
+            problems.append(f"{args.file}:{where}: {problem.field}: {problem.message}" if where else problem.message)
+        rendered.append(build_rayjob(job, args.attempt, settings))
+    if problems:
+        for line in problems:
+            print(line, file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.write("---\n".join(dump_yaml(rayjob) for rayjob in rendered))
+    return EXIT_OK

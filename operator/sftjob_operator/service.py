@@ -1,0 +1,242 @@
+"""One reconcile of one SFTJob: observe, derive (pure), act, write the status if it changed.
+
+Level-based: every reconcile recomputes from what it observes (the SFTJob, the current attempt's
+RayJob, `progress.json`), whichever handler triggered it. What it remembers between calls is
+only an optimisation: the status it last wrote per job (so that a watch event that lags behind
+our own write does not cause a second write or a repeated event), and cached Secrets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from sftjob_api.errors import check_document
+from sftjob_api.types import SFTJob, SFTJobStatus
+from sftjob_operator import metrics
+from sftjob_operator.kube import KubeClient
+from sftjob_operator.rayjob import LABEL_NAME, build_rayjob, check_renderable, rayjob_name
+from sftjob_operator.settings import Settings
+from sftjob_operator.status import (
+    TERMINAL_PHASES,
+    Derivation,
+    Event,
+    ProgressSnapshot,
+    classify_rayjob,
+    derive_invalid,
+    derive_status,
+)
+from sftjob_operator.storage import ProgressReader
+
+logger = logging.getLogger("sftjob_operator")
+
+TRIGGER_SPEC = "spec"
+TRIGGER_TIMER = "timer"
+TRIGGER_RAYJOB = "rayjob"
+
+
+class OwnershipConflict(Exception):
+    """A RayJob with the attempt's name belongs to another object (e.g. a deleted namesake not yet collected)."""
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _parse_status(raw: Any) -> SFTJobStatus:
+    try:
+        return SFTJobStatus.model_validate(raw or {}, by_alias=True)
+    except ValidationError:
+        logger.warning("ignoring a status that does not parse; it will be rewritten")
+        return SFTJobStatus()
+
+
+def _controller_uid(obj: Mapping[str, Any]) -> str | None:
+    for ref in obj.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+class Reconciler:
+    """The service layer under the Kopf handlers."""
+
+    def __init__(
+        self,
+        kube: KubeClient,
+        settings: Settings,
+        *,
+        reader: ProgressReader | None = None,
+        clock: Callable[[], dt.datetime] = _utcnow,
+    ) -> None:
+        self.kube = kube
+        self.settings = settings
+        self.reader = reader or ProgressReader(kube.read_secret)
+        self.clock = clock
+        self.phases = metrics.PhaseTracker()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._written: dict[str, dict[str, Any]] = {}
+        self._problems: dict[str, str | None] = {}
+
+    def forget(self, uid: str) -> None:
+        """Drop what is remembered about a deleted job."""
+        self._locks.pop(uid, None)
+        self._written.pop(uid, None)
+        self._problems.pop(uid, None)
+        self.phases.set(uid, None)
+
+    async def reconcile(self, body: Mapping[str, Any], trigger: str) -> None:
+        """Bring one SFTJob and its RayJob in line with its spec and write its status.
+
+        The RayJob is always read afresh under the job's lock: a watch event handed to us may
+        already be older than what another reconcile saw, and acting on it would flip the phase back.
+
+        Args:
+            body: The SFTJob as last seen.
+            trigger: What caused the call (`spec`, `timer`, `rayjob`), for metrics and progress reads.
+        """
+        meta = body.get("metadata", {})
+        if meta.get("deletionTimestamp"):
+            return
+        uid = str(meta.get("uid"))
+        lock = self._locks.setdefault(uid, asyncio.Lock())
+        async with lock:
+            with metrics.RECONCILE_SECONDS.labels(trigger).time():
+                await self._reconcile(body, trigger)
+
+    async def on_rayjob(self, rayjob: Mapping[str, Any]) -> None:
+        """React to a RayJob change: reconcile the SFTJob that owns it."""
+        meta = rayjob.get("metadata", {})
+        owner_name = (meta.get("labels") or {}).get(LABEL_NAME)
+        namespace = meta.get("namespace")
+        if not owner_name or not namespace:
+            return
+        body = await self.kube.get_sftjob(namespace, owner_name)
+        if body is None or _controller_uid(rayjob) != body["metadata"].get("uid"):
+            return
+        await self.reconcile(body, TRIGGER_RAYJOB)
+
+    async def _reconcile(self, body: Mapping[str, Any], trigger: str) -> None:
+        meta = body["metadata"]
+        uid, namespace, name = str(meta["uid"]), meta["namespace"], meta["name"]
+        generation = meta.get("generation")
+        previous = _parse_status(self._written.get(uid, body.get("status")))
+        before = previous.to_wire()
+        now = self.clock()
+
+        document = {
+            "apiVersion": body.get("apiVersion"),
+            "kind": body.get("kind"),
+            "metadata": {"name": name, "namespace": namespace, "uid": uid},
+            "spec": body.get("spec"),
+        }
+        job, problems = check_document(document)
+        if job is not None:
+            problems = check_renderable(job)
+        if job is None or problems:
+            derivation = derive_invalid(previous, problems, generation=generation, now=now)
+        else:
+            derivation = await self._derive_valid(job, previous, generation, now, trigger)
+
+        if derivation.set_suspend is not None and derivation.status.ray_job is not None:
+            await self.kube.set_rayjob_suspend(namespace, derivation.status.ray_job.name, derivation.set_suspend)
+        if derivation.delete_rayjob:
+            await self.kube.delete_rayjob(namespace, derivation.delete_rayjob)
+
+        after = derivation.status.to_wire()
+        if after != before:
+            await self.kube.replace_sftjob_status(namespace, name, after)
+            metrics.STATUS_PATCHES.inc()
+            self._written[uid] = after
+        self.phases.set(uid, derivation.status.phase)
+        for event in derivation.events:
+            self.kube.post_event(body, event.type, event.reason, event.message)
+            log = logger.warning if event.type == "Warning" else logger.info
+            log("%s/%s: %s: %s", namespace, name, event.reason, event.message)
+        if derivation.delete_job:
+            logger.info("%s/%s: ttlSecondsAfterFinished passed; deleting the SFTJob (artifacts stay)", namespace, name)
+            await self.kube.delete_sftjob(namespace, name)
+            self.forget(uid)
+
+    async def _derive_valid(
+        self,
+        job: SFTJob,
+        previous: SFTJobStatus,
+        generation: int | None,
+        now: dt.datetime,
+        trigger: str,
+    ) -> Derivation:
+        namespace = job.metadata.namespace or ""
+        active = previous.phase not in TERMINAL_PHASES and not (
+            previous.error is not None and previous.error.code == "InvalidSpec"
+        )
+        rayjob: Mapping[str, Any] | None = None
+        snapshot: ProgressSnapshot | None = None
+        if active and previous.attempt:
+            rayjob = await self.kube.get_rayjob(namespace, rayjob_name(job.name, previous.attempt))
+            if rayjob is not None:
+                self._check_owner(rayjob, job)
+            ray = classify_rayjob((rayjob or {}).get("status"))
+            if trigger == TRIGGER_TIMER or ray.terminal:
+                snapshot = await self._read_progress(job, manifest=ray.phase == "Succeeded")
+
+        derivation = derive_status(job, previous, generation=generation, now=now, rayjob=rayjob, snapshot=snapshot)
+        if derivation.create_attempt is not None:
+            events: list[Event] = list(derivation.events)
+            created = await self._ensure_rayjob(job, derivation.create_attempt, derivation.status, now, events)
+            followup = derive_status(
+                job, derivation.status, generation=generation, now=now, rayjob=created, snapshot=snapshot
+            )
+            followup.events = events + followup.events
+            followup.delete_rayjob = followup.delete_rayjob or derivation.delete_rayjob
+            derivation = followup
+        return derivation
+
+    async def _ensure_rayjob(
+        self, job: SFTJob, attempt: int, status: SFTJobStatus, now: dt.datetime, events: list[Event]
+    ) -> Mapping[str, Any] | None:
+        namespace = job.metadata.namespace or ""
+        name = rayjob_name(job.name, attempt)
+        existing = await self.kube.get_rayjob(namespace, name)
+        if existing is not None:
+            self._check_owner(existing, job)
+            return existing
+        deadline = job.spec.run_policy.active_deadline_seconds
+        started = status.start_time
+        if deadline is not None and started:
+            elapsed = (now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+            deadline = max(1, int(deadline - elapsed))
+        manifest = build_rayjob(job, attempt, self.settings, active_deadline_seconds=deadline)
+        created = await self.kube.create_rayjob(manifest)
+        if created is None:  # created meanwhile (409): adopt it
+            created = await self.kube.get_rayjob(namespace, name)
+            if created is not None:
+                self._check_owner(created, job)
+            return created
+        events.append(Event("Normal", "RayJobCreated", f"RayJob {name} runs attempt {attempt}"))
+        return created
+
+    def _check_owner(self, rayjob: Mapping[str, Any], job: SFTJob) -> None:
+        uid = (job.metadata.model_extra or {}).get("uid")
+        owner = _controller_uid(rayjob)
+        if owner != uid:
+            raise OwnershipConflict(
+                f"RayJob {rayjob['metadata']['name']} is controlled by {owner}, not by this SFTJob ({uid}); "
+                "waiting for it to be garbage-collected"
+            )
+
+    async def _read_progress(self, job: SFTJob, *, manifest: bool) -> ProgressSnapshot:
+        snapshot = await self.reader.read(job, manifest=manifest)
+        uid = str((job.metadata.model_extra or {}).get("uid"))
+        if snapshot.problem is not None:
+            metrics.PROGRESS_READ_ERRORS.inc()
+        if snapshot.problem != self._problems.get(uid):
+            if snapshot.problem is not None:
+                logger.warning("%s/%s: cannot read progress: %s", job.metadata.namespace, job.name, snapshot.problem)
+            self._problems[uid] = snapshot.problem
+        return snapshot

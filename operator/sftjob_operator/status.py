@@ -1,0 +1,674 @@
+"""Derive an SFTJob's status, and what to do next, from what the operator observes. Pure: no I/O, no clock.
+
+`derive_status` is the whole state machine. It takes the job, the status as last written, the
+current attempt's RayJob (as KubeRay reports it), the trainer's `progress.json` and the time,
+and returns the new status, the Kubernetes events for the transitions it saw, and the actions
+that bring the world in line (create an attempt's RayJob, flip its `suspend`, delete it at the
+deadline, delete the SFTJob after its TTL). The service layer performs those actions; nothing
+here remembers anything between calls, so an operator restart at any moment is harmless.
+
+KubeRay's vocabulary: the CRD declares `jobDeploymentStatus`, `jobStatus` and `reason` as plain
+strings; the values below are those of `ray-operator/apis/ray/v1/rayjob_types.go` (v1.7.0, plus
+`ValidationFailed` of earlier releases and `Scheduling`/`Scheduled` of later ones, so that an
+operator upgrade on either side never meets an unmapped state). Unknown values map to Pending.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sftjob_api.errors import FieldProblem
+from sftjob_api.progress import (
+    ADAPTER_DIR,
+    MANIFEST_FILE,
+    MODEL_DIR,
+    NON_RETRYABLE_CODES,
+    OUT_OF_MEMORY,
+    RETRYABLE_CODES,
+    ProgressFile,
+    job_output_uri,
+)
+from sftjob_api.types import (
+    MAX_HISTORY,
+    AttemptRecord,
+    CheckpointRef,
+    Condition,
+    ErrorStatus,
+    OutputStatus,
+    Phase,
+    Progress,
+    RayJobStatus,
+    SFTJob,
+    SFTJobStatus,
+)
+from sftjob_operator.rayjob import rayjob_name
+
+JOB_DEPLOYMENT_STATUSES = (
+    "",
+    "Initializing",
+    "Running",
+    "Complete",
+    "Failed",
+    "ValidationFailed",
+    "Suspending",
+    "Suspended",
+    "Retrying",
+    "Waiting",
+    "Scheduling",
+    "Scheduled",
+)
+"""Every `status.jobDeploymentStatus` KubeRay sets ("" before KubeRay first reconciles)."""
+
+JOB_STATUSES = ("", "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
+"""Every `status.jobStatus` (the Ray job's own status; "" before submission)."""
+
+FAILURE_REASONS = (
+    "SubmissionFailed",
+    "DeadlineExceeded",
+    "AppFailed",
+    "JobDeploymentStatusTransitionGracePeriodExceeded",
+    "ValidationFailed",
+    "PreRunningDeadlineExceeded",
+)
+"""Every `status.reason` KubeRay gives a Failed RayJob."""
+
+TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# A RayJob that succeeded but whose output has no manifest.json after this long failed to export.
+MANIFEST_GRACE_SECONDS = 300
+# Reasons of KubeRay failures that no retry can fix, and the error code each becomes.
+_KUBERAY_PERMANENT = {
+    "DeadlineExceeded": "DeadlineExceeded",
+    "ValidationFailed": "RayJobInvalid",
+    "PreRunningDeadlineExceeded": "Unschedulable",
+}
+_OOM_HINTS = re.compile(r"\bOOM(Killed)?\b|out of memory|OutOfMemory", re.IGNORECASE)
+_REASON_CHARS = re.compile(r"[^A-Za-z0-9_]")
+_MAX_MESSAGE = 1024
+
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclass(frozen=True)
+class Event:
+    """A Kubernetes event to post on the SFTJob."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class RayState:
+    """What one RayJob status means for its attempt."""
+
+    phase: Phase
+    """Pending, Initializing, Running, Suspended, Succeeded or Failed."""
+    reason: str
+    """CamelCase reason, e.g. `Initializing`, `AppFailed`."""
+    message: str = ""
+    """KubeRay's message, if any."""
+
+    @property
+    def terminal(self) -> bool:
+        """Whether the attempt has ended."""
+        return self.phase in TERMINAL_PHASES
+
+
+@dataclass(frozen=True)
+class ProgressSnapshot:
+    """What the operator read from the job's output location."""
+
+    progress: ProgressFile | None = None
+    """`progress.json`, when it exists and parses."""
+    output_complete: bool = False
+    """Whether `manifest.json` exists."""
+    problem: str | None = None
+    """Why `progress.json` could not be read (missing is not a problem)."""
+
+
+@dataclass
+class Derivation:
+    """The new status and what to do to get there."""
+
+    status: SFTJobStatus
+    events: list[Event] = field(default_factory=list)
+    create_attempt: int | None = None
+    """Create (or adopt) the RayJob of this attempt."""
+    set_suspend: bool | None = None
+    """Set the current RayJob's `spec.suspend` to this value."""
+    delete_rayjob: str | None = None
+    """Delete this RayJob (deadline exceeded, or the spec became invalid while it ran)."""
+    delete_job: bool = False
+    """Delete the SFTJob (its TTL after finishing has passed)."""
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+
+def format_time(moment: dt.datetime) -> str:
+    """RFC 3339 in UTC with second precision, as Kubernetes writes times."""
+    return moment.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(value: str | None) -> dt.datetime | None:
+    """Parse an RFC 3339 time; None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
+
+
+def format_duration(seconds: float) -> str:
+    """A short duration such as `12m30s`, `3h5m` or `2d4h` (the ETA column)."""
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
+def _reason(text: str, fallback: str = "Unknown") -> str:
+    cleaned = _REASON_CHARS.sub("", text)
+    return cleaned if cleaned and cleaned[0].isalpha() else fallback
+
+
+def _clip(text: str) -> str:
+    return text if len(text) <= _MAX_MESSAGE else text[: _MAX_MESSAGE - 3] + "..."
+
+
+# ------------------------------------------------------------------------------------------- KubeRay
+
+
+def classify_rayjob(status: Mapping[str, Any] | None) -> RayState:
+    """Map a RayJob's `status` (jobDeploymentStatus x jobStatus x reason) to the attempt's state.
+
+    Args:
+        status: The RayJob's `.status` (None or empty before KubeRay reconciles it).
+
+    Returns:
+        The attempt's phase, reason and message.
+    """
+    status = status or {}
+    deployment = str(status.get("jobDeploymentStatus") or "")
+    job_status = str(status.get("jobStatus") or "")
+    reason = str(status.get("reason") or "")
+    message = str(status.get("message") or "")
+    if deployment == "Complete":
+        if job_status == "SUCCEEDED":
+            return RayState("Succeeded", "Complete", message)
+        if job_status == "FAILED":
+            return RayState("Failed", _reason(reason, "AppFailed"), message)
+        if job_status == "STOPPED":
+            return RayState("Failed", "Stopped", message or "the Ray job was stopped")
+        # Complete without a terminal Ray job status: the submitter Job failed.
+        return RayState("Failed", _reason(reason, "SubmissionFailed"), message)
+    if deployment == "Failed":
+        return RayState("Failed", _reason(reason, "Failed"), message)
+    if deployment == "ValidationFailed":
+        return RayState("Failed", "ValidationFailed", message)
+    if deployment in ("Suspending", "Suspended"):
+        return RayState("Suspended", deployment, message)
+    if deployment == "Running":
+        if job_status == "RUNNING" or job_status in ("SUCCEEDED", "FAILED", "STOPPED"):
+            # A terminal Ray job under a Running deployment: KubeRay moves it to Complete next.
+            return RayState("Running", "Running", message)
+        return RayState("Initializing", "JobPending", message)
+    if deployment in ("Initializing", "Waiting", "Retrying"):
+        return RayState("Initializing", deployment, message)
+    if deployment in ("", "Scheduling", "Scheduled"):
+        return RayState("Pending", deployment or "New", message)
+    return RayState("Pending", "UnknownRayJobState", f"KubeRay reports jobDeploymentStatus {deployment!r}")
+
+
+def classify_failure(
+    job: SFTJob, attempt: int, ray: RayState, progress: ProgressFile | None
+) -> tuple[ErrorStatus, bool]:
+    """Why an attempt failed and whether another attempt may succeed.
+
+    The trainer's own report (`progress.json` of this attempt, phase Failed) wins; without one
+    the process died without reporting (node lost, eviction, preemption, OOM kill), which is
+    retryable, unless KubeRay names a cause no retry can fix.
+
+    Args:
+        job: The job.
+        attempt: The attempt that failed.
+        ray: The attempt's RayJob state (phase Failed).
+        progress: The latest `progress.json`, if any.
+
+    Returns:
+        The error and whether to retry.
+    """
+    retry_oom = job.spec.run_policy.retry_on_out_of_memory
+    if progress is not None and progress.phase == "Failed" and progress.error and _same_attempt(progress, attempt):
+        error = progress.error
+        if error.code == OUT_OF_MEMORY:
+            retryable = retry_oom
+        elif error.code in NON_RETRYABLE_CODES:
+            retryable = False
+        elif error.code in RETRYABLE_CODES:
+            retryable = True
+        else:
+            retryable = error.retryable
+        return error.model_copy(update={"retryable": retryable, "message": _clip(error.message)}), retryable
+    if ray.reason in _KUBERAY_PERMANENT:
+        code = _KUBERAY_PERMANENT[ray.reason]
+        return ErrorStatus(code=code, message=_clip(ray.message or f"KubeRay: {ray.reason}"), retryable=False), False
+    if ray.reason == "Stopped":
+        return ErrorStatus(code="Stopped", message=_clip(ray.message), retryable=False), False
+    if _OOM_HINTS.search(ray.message):
+        message = _clip(ray.message)
+        return ErrorStatus(code=OUT_OF_MEMORY, message=message, retryable=retry_oom), retry_oom
+    code = "SubmissionFailed" if ray.reason == "SubmissionFailed" else "WorkerCrashed"
+    message = ray.message or "the trainer exited without reporting an error (node lost, eviction or preemption)"
+    return ErrorStatus(code=code, message=_clip(f"{ray.reason}: {message}"), retryable=True), True
+
+
+def _same_attempt(progress: ProgressFile, attempt: int) -> bool:
+    return progress.attempt is None or progress.attempt == attempt
+
+
+# -------------------------------------------------------------------------------------------- status
+
+
+def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
+    events: list[Event] = []
+    eta = None
+    finish, updated = parse_time(progress.estimated_finish_time), parse_time(progress.updated_at)
+    if finish and updated:
+        eta = format_duration((finish - updated).total_seconds())
+    status.progress = Progress(
+        percentage=progress.percentage,
+        step=progress.step,
+        total_steps=progress.total_steps,
+        epoch=progress.epoch,
+        trained_tokens=progress.trained_tokens,
+        tokens_per_second=progress.tokens_per_second,
+        estimated_finish_time=progress.estimated_finish_time,
+        eta=eta,
+        last_update_time=progress.updated_at,
+    )
+    status.metrics = progress.metrics
+    if progress.resolved is not None:
+        status.resolved = progress.resolved
+    if progress.dataset is not None:
+        status.dataset = progress.dataset
+    known = max((c.step for c in status.checkpoints), default=-1)
+    if progress.checkpoints:
+        newest = max(progress.checkpoints, key=lambda c: c.step)
+        if newest.step > known:
+            events.append(Event("Normal", "CheckpointSaved", f"checkpoint at step {newest.step}: {newest.uri}"))
+        status.checkpoints = list(progress.checkpoints[-MAX_HISTORY:])
+        evaluated = [c for c in progress.checkpoints if c.eval_loss is not None]
+        status.best_checkpoint = min(evaluated, key=lambda c: (c.eval_loss, -c.step)) if evaluated else None
+    return events
+
+
+def output_status(job: SFTJob) -> OutputStatus:
+    """The artifact URIs of a job whose `manifest.json` exists."""
+    uri = job_output_uri(job.spec.output.uri, job.name, job.metadata.namespace)
+    method = job.spec.method.type
+    adapter = method in ("lora", "qlora", "prompt_tuning") and job.spec.output.save_adapter
+    model = method in ("full", "freeze") or (method in ("lora", "qlora") and job.spec.output.merge_adapter)
+    return OutputStatus(
+        uri=uri,
+        adapter_uri=f"{uri}/{ADAPTER_DIR}" if adapter else None,
+        model_uri=f"{uri}/{MODEL_DIR}" if model else None,
+        manifest_uri=f"{uri}/{MANIFEST_FILE}",
+    )
+
+
+def _set_conditions(
+    status: SFTJobStatus,
+    previous: SFTJobStatus,
+    wanted: list[tuple[str, bool, str, str]],
+    generation: int | None,
+    now: str,
+) -> None:
+    before = {c.type: c for c in previous.conditions}
+    conditions = []
+    for ctype, truth, reason, message in wanted:
+        value: Literal["True", "False"] = "True" if truth else "False"
+        old = before.get(ctype)
+        since = old.last_transition_time if old is not None and old.status == value else now
+        conditions.append(
+            Condition(
+                type=ctype,
+                status=value,
+                reason=_reason(reason),
+                message=_clip(message),
+                last_transition_time=since,
+                observed_generation=generation,
+            )
+        )
+    status.conditions = conditions
+
+
+def _conditions_for(
+    status: SFTJobStatus, previous: SFTJobStatus, job: SFTJob | None, reason: str, message: str
+) -> list[tuple[str, bool, str, str]]:
+    phase = status.phase
+    invalid = status.error is not None and status.error.code == "InvalidSpec"
+    wanted = [
+        (
+            "Validated",
+            not invalid,
+            "InvalidSpec" if invalid else "Valid",
+            status.error.message if invalid and status.error else "",
+        )
+    ]
+    running = phase in ("Initializing", "Running", "Exporting")
+    wanted.append(("Running", running, phase, message if running else ""))
+    suspended_before = any(c.type == "Suspended" for c in previous.conditions)
+    if phase == "Suspended" or suspended_before or (job is not None and job.spec.run_policy.suspend):
+        wanted.append(("Suspended", phase == "Suspended", reason if phase == "Suspended" else "Resumed", ""))
+    if phase == "Succeeded":
+        wanted.append(("Succeeded", True, "Succeeded", message))
+    if phase == "Failed" and status.error is not None:
+        wanted.append(("Failed", True, status.error.code, status.error.message))
+    return wanted
+
+
+def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Event]:
+    if previous.phase == status.phase:
+        return []
+    phase = status.phase
+    name = status.ray_job.name if status.ray_job else ""
+    if phase == "Running":
+        return [Event("Normal", "Running", f"training on RayJob {name}")]
+    if phase == "Suspended":
+        return [Event("Normal", "Suspended", "no Ray pods run while suspended")]
+    if previous.phase == "Suspended":
+        return [Event("Normal", "Resumed", "resumed; the trainer continues from the latest checkpoint")]
+    if phase == "Succeeded":
+        where = status.output.uri if status.output else ""
+        return [Event("Normal", "Succeeded", f"artifacts in {where}")]
+    if phase == "Failed" and status.error is not None:
+        return [Event("Warning", "Failed", _clip(f"{status.error.code}: {status.error.message}"))]
+    return []
+
+
+def _record(status: SFTJobStatus, attempt: int) -> AttemptRecord | None:
+    return next((r for r in status.attempts if r.attempt == attempt), None)
+
+
+def _start_attempt(status: SFTJobStatus, job: SFTJob, attempt: int, now: str) -> None:
+    status.attempt = attempt
+    status.attempts = [r for r in status.attempts if r.attempt != attempt] + [
+        AttemptRecord(attempt=attempt, ray_job_name=rayjob_name(job.name, attempt), start_time=now)
+    ]
+    status.attempts = status.attempts[-MAX_HISTORY:]
+    status.ray_job = RayJobStatus(name=rayjob_name(job.name, attempt))
+
+
+def _finish(status: SFTJobStatus, phase: Phase, now: str) -> None:
+    status.phase = phase
+    status.completion_time = status.completion_time or now
+    if status.progress is not None:
+        status.progress = status.progress.model_copy(update={"eta": None})
+
+
+def derive_invalid(
+    previous: SFTJobStatus, problems: list[FieldProblem], *, generation: int | None, now: dt.datetime
+) -> Derivation:
+    """The status of a job whose spec does not validate: Failed with InvalidSpec, no retries.
+
+    Args:
+        previous: The status as last written.
+        problems: What is wrong, as `check_document` reports it.
+        generation: `metadata.generation` of the spec checked.
+        now: The current time.
+
+    Returns:
+        The derivation; it deletes the current attempt's RayJob if one was running.
+    """
+    stamp = format_time(now)
+    status = previous.model_copy(deep=True)
+    message = "; ".join(f"{p.field}: {p.message}" for p in problems)
+    status.error = ErrorStatus(code="InvalidSpec", message=_clip(message), field=problems[0].field, retryable=False)
+    status.observed_generation = generation
+    delete = None
+    if previous.attempt and previous.phase not in TERMINAL_PHASES and previous.ray_job is not None:
+        delete = previous.ray_job.name
+    _finish(status, "Failed", stamp)
+    if previous.phase == "Failed" and previous.completion_time:
+        status.completion_time = previous.completion_time
+    _set_conditions(
+        status, previous, _conditions_for(status, previous, None, "InvalidSpec", message), generation, stamp
+    )
+    events = _transition_events(previous, status)
+    if not events and (previous.error is None or previous.error.message != status.error.message):
+        events = [Event("Warning", "Failed", _clip(f"InvalidSpec: {message}"))]
+    return Derivation(status=status, events=events, delete_rayjob=delete)
+
+
+def derive_status(
+    job: SFTJob,
+    previous: SFTJobStatus,
+    *,
+    generation: int | None,
+    now: dt.datetime,
+    rayjob: Mapping[str, Any] | None,
+    snapshot: ProgressSnapshot | None = None,
+) -> Derivation:
+    """The new status of a valid job and the actions that lead there.
+
+    Args:
+        job: The validated job.
+        previous: The status as last written (an empty `SFTJobStatus()` for a new job).
+        generation: `metadata.generation` of the spec.
+        now: The current time.
+        rayjob: The RayJob of the current attempt (`previous.attempt`), None when it does not exist.
+        snapshot: What was read from the output location; None when it was not read this time
+            (the status then keeps what it had).
+
+    Returns:
+        The derivation.
+    """
+    stamp = format_time(now)
+    policy = job.spec.run_policy
+    recovering = previous.error is not None and previous.error.code == "InvalidSpec"
+    status = previous.model_copy(deep=True)
+    status.observed_generation = generation
+    events: list[Event] = []
+    out = Derivation(status=status)
+
+    if recovering:
+        # The spec was fixed: start over with a new attempt (the trainer resumes from checkpoints).
+        status.error = None
+        status.phase = "Pending"
+        status.completion_time = None
+        status.conditions = [c for c in status.conditions if c.type not in ("Failed",)]
+        events.append(Event("Normal", "Validated", "the spec is valid"))
+        next_attempt = (previous.attempt or 0) + 1
+        _start_attempt(status, job, next_attempt, stamp)
+        out.create_attempt = next_attempt
+        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
+        out.events = events
+        return out
+
+    if previous.phase in TERMINAL_PHASES:
+        completed = parse_time(previous.completion_time)
+        ttl = policy.ttl_seconds_after_finished
+        if ttl is not None and completed is not None and (now - completed).total_seconds() >= ttl:
+            out.delete_job = True
+        return out
+
+    if not previous.attempt:
+        events.append(Event("Normal", "Validated", "the spec is valid"))
+        status.phase = "Pending"
+        _start_attempt(status, job, 1, stamp)
+        out.create_attempt = 1
+        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
+        out.events = events
+        return out
+
+    attempt = previous.attempt
+    name = rayjob_name(job.name, attempt)
+    progress = snapshot.progress if snapshot else None
+    if snapshot is not None and progress is not None:
+        events.extend(_fill_progress(status, progress))
+    if snapshot is not None and snapshot.output_complete:
+        status.output = output_status(job)
+    record = _record(status, attempt)
+    if (
+        record is not None
+        and progress is not None
+        and progress.attempt == attempt
+        and progress.resumed_from_step is not None
+    ):
+        record.resumed_from_step = progress.resumed_from_step
+
+    # The job's deadline counts from the first start, across attempts and suspensions.
+    started = parse_time(status.start_time)
+    deadline = policy.active_deadline_seconds
+    if deadline is not None and started is not None and (now - started).total_seconds() >= deadline:
+        status.error = ErrorStatus(
+            code="DeadlineExceeded",
+            message=f"the job ran longer than activeDeadlineSeconds={deadline}",
+            retryable=False,
+        )
+        if record is not None:
+            record.result, record.reason, record.completion_time = "Failed", "DeadlineExceeded", stamp
+        _finish(status, "Failed", stamp)
+        out.delete_rayjob = name if rayjob is not None else None
+        _set_conditions(
+            status, previous, _conditions_for(status, previous, job, "DeadlineExceeded", ""), generation, stamp
+        )
+        out.events = events + _transition_events(previous, status)
+        return out
+
+    if rayjob is None:
+        # The attempt's RayJob is gone (or its creation was lost): recreate it; the trainer resumes.
+        out.create_attempt = attempt
+        status.phase = "Pending"
+        status.ray_job = RayJobStatus(name=name)
+        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
+        out.events = events + _transition_events(previous, status)
+        return out
+
+    ray_status = rayjob.get("status") or {}
+    ray = classify_rayjob(ray_status)
+    status.ray_job = RayJobStatus(
+        name=name,
+        job_status=ray_status.get("jobStatus") or None,
+        job_deployment_status=ray_status.get("jobDeploymentStatus") or None,
+        dashboard_url=ray_status.get("dashboardURL") or None,
+    )
+    rayjob_suspended = bool((rayjob.get("spec") or {}).get("suspend"))
+    # Under Kueue, admission (unsuspending) is Kueue's: never unsuspend a queued RayJob ourselves.
+    if not ray.terminal and rayjob_suspended != policy.suspend and (policy.suspend or not policy.queue_name):
+        out.set_suspend = policy.suspend
+
+    message = ray.message
+    reason = ray.reason
+    if ray.phase == "Succeeded":
+        if snapshot is not None and snapshot.output_complete:
+            status.error = None
+            if record is not None:
+                record.result, record.completion_time = "Succeeded", stamp
+            _finish(status, "Succeeded", stamp)
+            message = f"artifacts in {status.output.uri if status.output else ''}"
+        else:
+            ended = parse_time(ray_status.get("endTime"))
+            if ended is not None and (now - ended).total_seconds() >= MANIFEST_GRACE_SECONDS:
+                status.error = ErrorStatus(
+                    code="OutputIncomplete",
+                    message=f"the trainer finished but {MANIFEST_FILE} did not appear within {MANIFEST_GRACE_SECONDS}s",
+                )
+                if record is not None:
+                    record.result, record.reason, record.completion_time = "Failed", "OutputIncomplete", stamp
+                _finish(status, "Failed", stamp)
+            else:
+                status.phase = "Exporting"
+                message = f"waiting for {MANIFEST_FILE}"
+    elif ray.phase == "Failed":
+        error, retryable = classify_failure(job, attempt, ray, progress)
+        if record is not None:
+            record.result, record.reason, record.completion_time = "Failed", _reason(error.code), stamp
+        if retryable and attempt - 1 < policy.backoff_limit:
+            nxt = attempt + 1
+            events.append(
+                Event(
+                    "Warning",
+                    "Retrying",
+                    _clip(
+                        f"attempt {attempt} failed ({error.code}: {error.message}); starting attempt {nxt} of "
+                        f"{policy.backoff_limit + 1}, resuming from the latest checkpoint"
+                    ),
+                )
+            )
+            status.error = error
+            status.phase = "Pending"
+            _start_attempt(status, job, nxt, stamp)
+            out.create_attempt = nxt
+            message = f"retrying after {error.code}"
+        else:
+            if retryable:
+                error = error.model_copy(
+                    update={"message": _clip(f"{error.message} (backoffLimit {policy.backoff_limit} reached)")}
+                )
+            status.error = error
+            _finish(status, "Failed", stamp)
+    elif policy.suspend:
+        status.phase = "Suspended"
+        reason = "Suspended" if ray.reason == "Suspended" else "Suspending"
+        if record is not None:
+            record.result = "Suspended"
+    elif policy.queue_name and (rayjob_suspended or ray.phase == "Suspended"):
+        status.phase = "Queued"
+        reason, message = "Queued", f"waiting for admission by Kueue queue {policy.queue_name}"
+    elif rayjob_suspended or ray.phase == "Suspended":
+        # Resuming: the RayJob's suspend is being cleared and KubeRay brings the cluster back.
+        status.phase = "Pending"
+        reason, message = "Resuming", "resuming from the latest checkpoint"
+    else:
+        if record is not None:
+            record.result = "Running"
+        if ray.phase == "Running":
+            exporting = (
+                progress is not None
+                and _same_attempt(progress, attempt)
+                and progress.phase in ("Exporting", "Succeeded")
+            )
+            status.phase = "Exporting" if exporting else "Running"
+            status.error = None
+        else:
+            status.phase = ray.phase
+        if status.phase in ("Initializing", "Running", "Exporting") and status.start_time is None:
+            status.start_time = stamp
+
+    _set_conditions(
+        status, previous, _conditions_for(status, previous, job, reason, message or reason), generation, stamp
+    )
+    out.events = events + _transition_events(previous, status)
+    return out
+
+
+__all__ = [
+    "FAILURE_REASONS",
+    "JOB_DEPLOYMENT_STATUSES",
+    "JOB_STATUSES",
+    "CheckpointRef",
+    "Derivation",
+    "Event",
+    "ProgressSnapshot",
+    "RayState",
+    "classify_failure",
+    "classify_rayjob",
+    "derive_invalid",
+    "derive_status",
+    "output_status",
+]
