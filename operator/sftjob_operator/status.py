@@ -436,6 +436,10 @@ def derive_invalid(
     """
     stamp = format_time(now)
     status = previous.model_copy(deep=True)
+    if previous.phase in TERMINAL_PHASES and not (previous.error is not None and previous.error.code == "InvalidSpec"):
+        # A finished job is not judged again: an edit of its (mutable) fields changes nothing.
+        status.observed_generation = generation
+        return Derivation(status=status)
     message = "; ".join(f"{p.field}: {p.message}" for p in problems)
     status.error = ErrorStatus(code="InvalidSpec", message=_clip(message), field=problems[0].field, retryable=False)
     status.observed_generation = generation

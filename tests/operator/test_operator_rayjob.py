@@ -359,3 +359,16 @@ def test_a_hostile_spec_renders_the_same_entrypoint(template: str, text: str, co
     # Outside the config, the manifest is the benign one (names and labels come from the DNS-safe job name).
     strip = lambda r: json.dumps(r).replace(json.dumps(env(containers(r)[0])["SFTJOB_CONFIG"]), "")  # noqa: E731
     assert strip(rendered) == strip(benign)
+
+
+def test_the_pure_modules_import_nothing_that_does_io() -> None:
+    import ast
+
+    allowed = {"__future__", "collections", "copy", "dataclasses", "datetime", "hashlib", "json", "re", "typing"}
+    allowed |= {"sftjob_api", "sftjob_operator.rayjob", "sftjob_operator.settings", "sftjob_operator.status"}
+    for module in ("rayjob", "status"):
+        tree = ast.parse((REPO / "operator" / "sftjob_operator" / f"{module}.py").read_text())
+        names = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        names |= {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+        outside = {n for n in names if n not in allowed and n.split(".")[0] not in allowed - {"sftjob_operator"}}
+        assert outside == set(), f"{module}.py imports {outside}"

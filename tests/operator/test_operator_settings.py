@@ -65,3 +65,13 @@ def test_empty_values_mean_the_defaults() -> None:
 def test_malformed_values_name_the_variable(variable: str, value: str) -> None:
     with pytest.raises(SettingsError, match=variable):
         Settings.from_env({variable: value})
+
+
+def test_the_entry_point_refuses_bad_settings(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sftjob_operator.__main__ import main
+
+    monkeypatch.setenv("SFTJOB_PROGRESS_INTERVAL_SECONDS", "often")
+    assert main([]) == 2
+    assert "SFTJOB_PROGRESS_INTERVAL_SECONDS" in capsys.readouterr().err

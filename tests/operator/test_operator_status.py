@@ -576,3 +576,11 @@ def test_format_duration() -> None:
         "2h5m",
         "3d1h",
     ]
+
+
+def test_a_finished_job_is_not_judged_again() -> None:
+    done = running_status(phase="Succeeded", completion_time=STAMP)
+    problems = [FieldProblem(("spec", "runPolicy", "queueName"), "must be a label value")]
+    out = derive_invalid(done, problems, generation=5, now=NOW)
+    assert out.status.phase == "Succeeded" and out.status.error is None and out.events == []
+    assert out.status.observed_generation == 5 and out.delete_rayjob is None

@@ -252,6 +252,7 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             return await super()._handle(request)
         self._check_faults(request)
         ctype = (request.headers.get("Content-Type") or "").split(";")[0].strip()
+        collect = request.action == enums.action.DELETE
         rv = self._next_rv()
 
         # PUT (replace) and server-side apply of an absent object are not understood by kmock: translate.
@@ -291,7 +292,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             self._validate(request.resource, request.data)
             meta = request.data.setdefault("metadata", {})
             if not meta.get("name") and meta.get("generateName"):
-                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:5]
+                # 10 hex digits: 5 (kmock's) collide within a few thousand generated names (events).
+                meta["name"] = meta["generateName"] + uuid.uuid4().hex[:10]
             if request.namespace:
                 meta["namespace"] = request.namespace
             meta.update(uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion=rv, generation=1)
@@ -302,6 +304,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             cur = self._current(request)
             if cur is None:
                 raise kmock.KubernetesObjectNotFoundError()
+            # Releasing the last finalizer of an object marked for deletion deletes it.
+            collect = collect or bool(cur["metadata"].get("deletionTimestamp"))
             status_sub = self._has_status_sub(request.resource)
             if isinstance(request.data, list):  # JSON patch
                 ops = list(request.data)
@@ -357,7 +361,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                     name=request.name or meta.get("name"),
                 )
             )
-        await self._collect_garbage()  # ownerReferences cascade (kmock has no GC)
+        if collect:  # ownerReferences cascade (kmock has no GC): only an object's removal can orphan others
+            await self._collect_garbage()
         return response
 
     async def _collect_garbage(self) -> None:
