@@ -35,7 +35,6 @@ from sftjob_api.progress import (
 from sftjob_api.types import (
     MAX_HISTORY,
     AttemptRecord,
-    CheckpointRef,
     Condition,
     ErrorStatus,
     OutputStatus,
@@ -665,7 +664,6 @@ __all__ = [
     "FAILURE_REASONS",
     "JOB_DEPLOYMENT_STATUSES",
     "JOB_STATUSES",
-    "CheckpointRef",
     "Derivation",
     "Event",
     "ProgressSnapshot",

@@ -40,10 +40,6 @@ _AWS_KEYS = (
 _EXPORT_PHASES = ("Exporting", "Succeeded")
 
 
-class _NotFound(Exception):
-    pass
-
-
 class StorageReadError(Exception):
     """Reading the output location failed; the message names the URI, never a credential."""
 
