@@ -96,6 +96,21 @@ class ProgressFile(ApiModel):
     """A human-readable note on the current phase."""
 
 
+def format_duration(seconds: float) -> str:
+    """A short duration such as `12m30s`, `3h5m` or `2d4h`: the ETA column and the trainer's progress message."""
+    total = max(0, round(seconds))
+    days, rest = divmod(total, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h"
+    if hours:
+        return f"{hours}h{minutes}m"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"
+
+
 def job_output_uri(output_uri: str, name: str, namespace: str | None) -> StorageUri:
     """The directory of one job's artifacts: `<output>/<namespace>/<name>` (local runs: `<output>/<name>`).
 
@@ -125,5 +140,6 @@ __all__ = [
     "PROGRESS_FILE",
     "RETRYABLE_CODES",
     "ProgressFile",
+    "format_duration",
     "job_output_uri",
 ]

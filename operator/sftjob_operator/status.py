@@ -30,6 +30,7 @@ from sftjob_api.progress import (
     OUT_OF_MEMORY,
     RETRYABLE_CODES,
     ProgressFile,
+    format_duration,
     job_output_uri,
 )
 from sftjob_api.types import (
@@ -162,21 +163,6 @@ def parse_time(value: str | None) -> dt.datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)
-
-
-def format_duration(seconds: float) -> str:
-    """A short duration such as `12m30s`, `3h5m` or `2d4h` (the ETA column)."""
-    total = max(0, round(seconds))
-    days, rest = divmod(total, 86400)
-    hours, rest = divmod(rest, 3600)
-    minutes, secs = divmod(rest, 60)
-    if days:
-        return f"{days}d{hours}h"
-    if hours:
-        return f"{hours}h{minutes}m"
-    if minutes:
-        return f"{minutes}m{secs}s"
-    return f"{secs}s"
 
 
 def _reason(text: str, fallback: str = "Unknown") -> str:

@@ -14,7 +14,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sftjob_api.progress import METRICS_FILE, PROGRESS_FILE, ProgressFile, TrainerPhase
+from sftjob_api.progress import METRICS_FILE, PROGRESS_FILE, ProgressFile, TrainerPhase, format_duration
 from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, Metrics, ResolvedSettings
 from sftjob_trainer import storage
 
@@ -28,18 +28,6 @@ def now_rfc3339(at: float | None = None) -> str:
     """UTC time as RFC 3339 with a `Z` suffix."""
     moment = datetime.fromtimestamp(time.time() if at is None else at, tz=UTC)
     return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
-
-
-def format_duration(seconds: float) -> str:
-    """A duration such as `1h02m`, `12m30s` or `45s` (the ETA column)."""
-    total = max(0, round(seconds))
-    hours, rest = divmod(total, 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes:02d}m"
-    if minutes:
-        return f"{minutes}m{secs:02d}s"
-    return f"{secs}s"
 
 
 def metrics_from_log(record: dict[str, Any]) -> Metrics:
