@@ -136,10 +136,13 @@ def to_conversation(row: Row, schema: str) -> Conversation:
     """
     data = row.data
     if schema == "messages":
-        return Conversation(_messages(_list(data, "messages"), "messages"), "chat", row.line,
-                            _tools(data))
+        chat_turns = _messages(_list(data, "messages"), "messages")
+        check_turns(chat_turns, _fields("messages", len(chat_turns)), "role")
+        return Conversation(chat_turns, "chat", row.line, _tools(data))
     if schema == "sharegpt":
-        return Conversation(_sharegpt(_list(data, "conversations")), "chat", row.line, _tools(data))
+        turns = _sharegpt(_list(data, "conversations"))
+        check_turns(turns, _fields("conversations", len(turns)), "from")
+        return Conversation(turns, "chat", row.line, _tools(data))
     if schema == "alpaca":
         instruction = _text(data, "instruction")
         extra = _text(data, "input", optional=True)
@@ -153,14 +156,81 @@ def to_conversation(row: Row, schema: str) -> Conversation:
         if isinstance(_maybe_json(data.get("prompt")), list) and isinstance(_maybe_json(data.get(completion_key)),
                                                                             list):
             # TRL's conversational prompt/completion: both sides are message lists.
-            turns = _messages(_list(data, "prompt"), "prompt") + _messages(_list(data, completion_key),
-                                                                           completion_key)
-            return Conversation(turns, "chat", row.line, _tools(data))
+            prompt_turns = _messages(_list(data, "prompt"), "prompt")
+            completion_turns = _messages(_list(data, completion_key), completion_key)
+            check_turns(prompt_turns + completion_turns,
+                        _fields("prompt", len(prompt_turns)) + _fields(completion_key, len(completion_turns)), "role")
+            return Conversation(prompt_turns + completion_turns, "chat", row.line, _tools(data))
         return Conversation((Message("user", _text(data, "prompt")),
                              Message("assistant", _text(data, completion_key))), "prompt_completion", row.line)
     if schema == "text":
         return Conversation((Message("text", _text(data, "text")),), "text", row.line)
     raise RowError(None, f"unknown schema '{schema}'; one of: {', '.join(SCHEMAS)}")
+
+
+def _fields(name: str, count: int) -> list[str]:
+    return [f"{name}[{i}]" for i in range(count)]
+
+
+def check_turns(messages: tuple[Message, ...], fields: list[str], role_key: str) -> None:
+    """Check the order of the turns of one conversation.
+
+    A conversation is optional system turns, then a user turn, then any turns; a tool turn must
+    follow the assistant turn whose tool call it answers (matched by `tool_call_id`, else by `name`,
+    where the calls carry them); and a conversation with an assistant turn ends with one.
+    Conversations without any assistant turn are left to the quality filter (`no_assistant_turn`).
+
+    Args:
+        messages: The turns.
+        fields: The field path of each turn in the row, e.g. `messages[2]`.
+        role_key: The key that holds the role in the row (`role`, or `from` for ShareGPT).
+
+    Raises:
+        RowError: Naming the first turn out of place, or the whole conversation when it ends without an answer.
+    """
+    seen_user = False
+    call_ids: set[str] = set()
+    call_names: set[str] = set()
+    previous = ""  # role of the nearest earlier turn that is not a tool result
+    for message, field in zip(messages, fields, strict=True):
+        role = message.role
+        if role == "system":
+            if seen_user:  # every earlier non-system turn was checked: the first of them was a user turn
+                raise RowError(f"{field}.{role_key}", "a system turn after the conversation has started is out of "
+                               "order: system turns come first; merge it into the opening system turn")
+            continue
+        if not seen_user and role != "user":
+            raise RowError(f"{field}.{role_key}", f"{'an' if role == 'assistant' else 'a'} {role} turn before any "
+                           "user turn is out of order: after optional system turns a conversation starts with a "
+                           "user turn; add the user turn it answers or drop it")
+        seen_user = True
+        if role == "tool":
+            _check_tool_turn(message, field, previous, call_ids, call_names)
+            continue
+        if role == "assistant":
+            for call in message.tool_calls:
+                if isinstance(call.get("id"), str):
+                    call_ids.add(call["id"])
+                function = call.get("function", call)
+                if isinstance(function, Mapping) and isinstance(function.get("name"), str):
+                    call_names.add(function["name"])
+        previous = role
+    if any(m.role == "assistant" for m in messages) and messages[-1].role in ("user", "tool"):
+        whole = fields[-1].rsplit("[", 1)[0]
+        raise RowError(whole, f"the conversation ends with a {messages[-1].role} turn: there is no answer to learn "
+                       "for it; end each conversation with the assistant's reply or remove the trailing turn")
+
+
+def _check_tool_turn(message: Message, field: str, previous: str, call_ids: set[str], call_names: set[str]) -> None:
+    if previous != "assistant":
+        raise RowError(field, f"a tool result must answer a tool call of an earlier assistant turn, but this tool "
+                       f"turn follows a {previous} turn; put the assistant turn that calls the tool before it")
+    if message.tool_call_id is not None and call_ids and message.tool_call_id not in call_ids:
+        raise RowError(field, f"tool_call_id {message.tool_call_id!r} answers no tool call of an earlier assistant "
+                       f"turn (their ids: {', '.join(sorted(call_ids))})")
+    if message.tool_call_id is None and message.name is not None and call_names and message.name not in call_names:
+        raise RowError(field, f"the tool result of {message.name!r} answers no tool call of an earlier assistant "
+                       f"turn (they call: {', '.join(sorted(call_names))})")
 
 
 def _maybe_json(value: Any) -> Any:

@@ -39,6 +39,10 @@ AUTO_PERCENTILE = 99
 UNSET_MODEL_LENGTH = 10_000_000
 # Drop reasons that do not count against maxDroppedFraction: removing a duplicate loses no information.
 HARMLESS_DROPS = frozenset({"duplicate"})
+# With dedup on, preflight fails when more than this share of the rows are copies of another row: curated
+# datasets carry a few percent of duplicates, a file that is mostly copies is a broken export (a join that
+# fanned out, a loop that wrote the same rows again) and would train on far fewer examples than it seems to.
+MAX_DUPLICATE_SHARE = 0.5
 SAMPLES = 2
 
 
@@ -290,6 +294,9 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     conversations, report.duplicates = _dedup(conversations, spec.dedup)
     if spec.dedup and report.duplicates:
         dropped["duplicate"] = report.duplicates
+    elif report.rows and report.duplicates / report.rows > MAX_DUPLICATE_SHARE:
+        report.warnings.append(f"{report.duplicates} of the {report.rows} rows are exact duplicates of another row; "
+                               "dedup is off, so they are trained as given")
 
     validation_convs: list[Conversation] = []
     val_file = val_raw.uri if val_raw else file
@@ -383,6 +390,15 @@ def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
         problems.append(Problem("no training examples are left after filtering "
                                 f"(dropped: {report.dropped or 'none'})", file, None, "dataset.train"))
         return problems
+    if spec.dedup and report.rows and report.duplicates / report.rows > MAX_DUPLICATE_SHARE:
+        left = report.train_examples + report.validation_examples
+        problems.append(Problem(
+            f"{report.duplicates} of the {report.rows} rows ({report.duplicates / report.rows:.0%}) are exact "
+            "duplicates of another row (compared with whitespace collapsed and case folded), more than "
+            f"{MAX_DUPLICATE_SHARE:.0%}: only {left} distinct example{'' if left == 1 else 's'} "
+            "would be left, and a file that is mostly copies is usually a broken export; deduplicate the file (or fix "
+            "what wrote the rows again), or set dataset.dedup: false to train on the copies as given",
+            file, None, "dataset.train"))
     if report.trainable_tokens == 0:
         problems.append(Problem(f"no token carries loss (trainOn: {spec.train_on}, chat template: {template}); "
                                 "check that the rows have assistant turns", file, None, "dataset.trainOn"))
