@@ -41,7 +41,11 @@ TRIGGER_RAYJOB = "rayjob"
 
 
 class OwnershipConflict(Exception):
-    """A RayJob with the attempt's name belongs to another object (e.g. a deleted namesake not yet collected)."""
+    """The attempt's RayJob cannot be adopted now; Kopf retries the reconcile.
+
+    It belongs to another object (e.g. a deleted namesake not yet collected), or it vanished between
+    a 409 on create and the read that followed.
+    """
 
 
 def _utcnow() -> dt.datetime:
@@ -199,7 +203,7 @@ class Reconciler:
 
     async def _ensure_rayjob(
         self, job: SFTJob, attempt: int, status: SFTJobStatus, now: dt.datetime, events: list[Event]
-    ) -> Mapping[str, Any] | None:
+    ) -> Mapping[str, Any]:
         namespace = job.metadata.namespace or ""
         name = rayjob_name(job.name, attempt)
         existing = await self.kube.get_rayjob(namespace, name)
@@ -215,8 +219,11 @@ class Reconciler:
         created = await self.kube.create_rayjob(manifest)
         if created is None:  # created meanwhile (409): adopt it
             created = await self.kube.get_rayjob(namespace, name)
-            if created is not None:
-                self._check_owner(created, job)
+            if created is None:
+                # Gone again before we could read it: do not record the attempt as started (its missing
+                # RayJob would then count as deleted); the reconcile is retried.
+                raise OwnershipConflict(f"RayJob {name} existed at creation and was gone right after; retrying")
+            self._check_owner(created, job)
             return created
         events.append(Event("Normal", "RayJobCreated", f"RayJob {name} runs attempt {attempt}"))
         return created

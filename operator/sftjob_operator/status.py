@@ -77,6 +77,8 @@ FAILURE_REASONS = (
 """Every `status.reason` KubeRay gives a Failed RayJob."""
 
 TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
+# The error code of an attempt whose RayJob was deleted by someone else while it was active (retryable).
+RAYJOB_DELETED = "RayJobDeleted"
 # A RayJob that succeeded but whose output has no manifest.json after this long failed to export.
 MANIFEST_GRACE_SECONDS = 300
 # Reasons of KubeRay failures that no retry can fix, and the error code each becomes.
@@ -405,6 +407,50 @@ def _finish(status: SFTJobStatus, phase: Phase, now: str) -> None:
         status.progress = status.progress.model_copy(update={"eta": None})
 
 
+def _deleted_while_active(rayjob: Mapping[str, Any]) -> bool:
+    """Whether a RayJob is being deleted (KubeRay's finalizer holds it) before its job ended."""
+    deleting = bool((rayjob.get("metadata") or {}).get("deletionTimestamp"))
+    return deleting and not classify_rayjob(rayjob.get("status")).terminal
+
+
+def _fail_attempt(
+    out: Derivation, job: SFTJob, record: AttemptRecord | None, error: ErrorStatus, retryable: bool, stamp: str
+) -> str | None:
+    """Record a failed attempt: start the next one while `backoffLimit` allows, else fail the job.
+
+    Returns:
+        The Running condition's message when a retry starts, else None.
+    """
+    status, policy = out.status, job.spec.run_policy
+    attempt = status.attempt or 1
+    if record is not None:
+        record.result, record.reason, record.completion_time = "Failed", _reason(error.code), stamp
+    if retryable and attempt - 1 < policy.backoff_limit:
+        nxt = attempt + 1
+        out.events.append(
+            Event(
+                "Warning",
+                "Retrying",
+                _clip(
+                    f"attempt {attempt} failed ({error.code}: {error.message}); starting attempt {nxt} of "
+                    f"{policy.backoff_limit + 1}, resuming from the latest checkpoint"
+                ),
+            )
+        )
+        status.error = error
+        status.phase = "Pending"
+        _start_attempt(status, job, nxt, stamp)
+        out.create_attempt = nxt
+        return f"retrying after {error.code}"
+    if retryable:
+        error = error.model_copy(
+            update={"message": _clip(f"{error.message} (backoffLimit {policy.backoff_limit} reached)")}
+        )
+    status.error = error
+    _finish(status, "Failed", stamp)
+    return None
+
+
 def derive_invalid(
     previous: SFTJobStatus, problems: list[FieldProblem], *, generation: int | None, now: dt.datetime
 ) -> Derivation:
@@ -539,13 +585,23 @@ def derive_status(
         out.events = events + _transition_events(previous, status)
         return out
 
-    if rayjob is None:
-        # The attempt's RayJob is gone (or its creation was lost): recreate it; the trainer resumes.
-        out.create_attempt = attempt
-        status.phase = "Pending"
-        status.ray_job = RayJobStatus(name=name)
-        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
-        out.events = events + _transition_events(previous, status)
+    if rayjob is None or _deleted_while_active(rayjob):
+        # The attempt's RayJob was deleted by someone else (the operator only deletes RayJobs of finished
+        # jobs): a failed attempt, retried as a new attempt that resumes from the latest checkpoint.
+        error = ErrorStatus(
+            code=RAYJOB_DELETED,
+            message=_clip(
+                f"RayJob {name} of attempt {attempt} was deleted while the job was {previous.phase or 'Pending'}; "
+                "the operator did not delete it: check who did (kubectl get events, the API server's audit log)"
+            ),
+            retryable=True,
+        )
+        message = _fail_attempt(out, job, record, error, True, stamp)
+        reason = error.code
+        _set_conditions(
+            status, previous, _conditions_for(status, previous, job, reason, message or reason), generation, stamp
+        )
+        out.events = events + out.events + _transition_events(previous, status)
         return out
 
     ray_status = rayjob.get("status") or {}
@@ -585,32 +641,7 @@ def derive_status(
                 message = f"waiting for {MANIFEST_FILE}"
     elif ray.phase == "Failed":
         error, retryable = classify_failure(job, attempt, ray, progress)
-        if record is not None:
-            record.result, record.reason, record.completion_time = "Failed", _reason(error.code), stamp
-        if retryable and attempt - 1 < policy.backoff_limit:
-            nxt = attempt + 1
-            events.append(
-                Event(
-                    "Warning",
-                    "Retrying",
-                    _clip(
-                        f"attempt {attempt} failed ({error.code}: {error.message}); starting attempt {nxt} of "
-                        f"{policy.backoff_limit + 1}, resuming from the latest checkpoint"
-                    ),
-                )
-            )
-            status.error = error
-            status.phase = "Pending"
-            _start_attempt(status, job, nxt, stamp)
-            out.create_attempt = nxt
-            message = f"retrying after {error.code}"
-        else:
-            if retryable:
-                error = error.model_copy(
-                    update={"message": _clip(f"{error.message} (backoffLimit {policy.backoff_limit} reached)")}
-                )
-            status.error = error
-            _finish(status, "Failed", stamp)
+        message = _fail_attempt(out, job, record, error, retryable, stamp) or message
     elif policy.suspend:
         status.phase = "Suspended"
         reason = "Suspended" if ray.reason == "Suspended" else "Suspending"
@@ -642,7 +673,7 @@ def derive_status(
     _set_conditions(
         status, previous, _conditions_for(status, previous, job, reason, message or reason), generation, stamp
     )
-    out.events = events + _transition_events(previous, status)
+    out.events = events + out.events + _transition_events(previous, status)
     return out
 
 
@@ -650,6 +681,7 @@ __all__ = [
     "FAILURE_REASONS",
     "JOB_DEPLOYMENT_STATUSES",
     "JOB_STATUSES",
+    "RAYJOB_DELETED",
     "Derivation",
     "Event",
     "ProgressSnapshot",

@@ -43,6 +43,10 @@ async def reasons_of(api: Api, name: str) -> list[str]:
     return [e["reason"] for e in await events_of(api, name)]
 
 
+async def _has_reasons(api: Api, name: str, reasons: set[str]) -> bool:
+    return reasons <= set(await reasons_of(api, name))
+
+
 def env_of(rayjob: dict[str, Any]) -> dict[str, str]:
     container = rayjob["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
     return {e["name"]: e.get("value", "") for e in container["env"]}
@@ -60,6 +64,10 @@ async def test_create_makes_one_rayjob_owned_by_the_sftjob(k8s: Any, api: Api, o
         created = await api.create_sftjob(make_sftjob("demo", output_uri=str(tmp_path)))
         rayjob = await wait_for(lambda: api.get_rayjob(NS, "demo-a1"), what="the RayJob of attempt 1")
         status = await status_where(api, "demo", lambda s: s.get("attempt") == 1, "attempt 1 recorded")
+        # Kopf posts events from a background queue that stops with the operator: wait for them here.
+        await wait_for(
+            lambda: _has_reasons(api, "demo", {"Validated", "RayJobCreated"}), what="Validated and RayJobCreated"
+        )
 
     owner = rayjob["metadata"]["ownerReferences"]
     assert owner == [
@@ -80,7 +88,6 @@ async def test_create_makes_one_rayjob_owned_by_the_sftjob(k8s: Any, api: Api, o
     assert status["rayJob"]["name"] == "demo-a1"
     assert status["observedGeneration"] == 1
     assert {c["type"]: c["status"] for c in status["conditions"]}["Validated"] == "True"
-    assert {"Validated", "RayJobCreated"} <= set(await reasons_of(api, "demo"))
     # Kopf's bookkeeping lives in annotations, never in the status.
     body = await api.get_sftjob(NS, "demo")
     assert "sftjob.dev/last-handled-configuration" in body["metadata"]["annotations"]

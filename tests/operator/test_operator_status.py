@@ -14,6 +14,7 @@ from sftjob_operator.status import (
     FAILURE_REASONS,
     JOB_DEPLOYMENT_STATUSES,
     JOB_STATUSES,
+    RAYJOB_DELETED,
     ProgressSnapshot,
     classify_rayjob,
     derive_invalid,
@@ -460,9 +461,44 @@ def test_a_new_job_creates_attempt_one() -> None:
     assert [e.reason for e in out.events] == ["Validated"]
 
 
-def test_a_missing_rayjob_is_recreated_for_the_same_attempt() -> None:
+def test_a_rayjob_deleted_by_hand_fails_the_attempt_and_starts_the_next() -> None:
     out = derive_status(job(), running_status(phase="Running"), generation=1, now=NOW, rayjob=None)
-    assert out.create_attempt == 1 and out.status.phase == "Pending"
+    assert out.create_attempt == 2 and (out.status.phase, out.status.attempt) == ("Pending", 2)
+    assert out.status.error is not None and out.status.error.code == RAYJOB_DELETED
+    assert "RayJob j-a1 of attempt 1 was deleted" in out.status.error.message
+    first = out.status.attempts[0]
+    assert (first.attempt, first.result, first.reason) == (1, "Failed", RAYJOB_DELETED)
+    assert [e.reason for e in out.events] == ["Retrying"] and RAYJOB_DELETED in out.events[0].message
+
+
+def test_a_rayjob_being_deleted_counts_as_deleted_unless_it_had_finished() -> None:
+    deleting = {**rayjob("Running", "RUNNING"), "metadata": {"name": "j-a1", "deletionTimestamp": STAMP}}
+    out = derive_status(job(), running_status(phase="Running"), generation=1, now=NOW, rayjob=deleting)
+    assert out.create_attempt == 2 and out.status.error is not None and out.status.error.code == RAYJOB_DELETED
+    finished = {**rayjob("Complete", "SUCCEEDED"), "metadata": {"name": "j-a1", "deletionTimestamp": STAMP}}
+    out = derive_status(
+        job(), running_status(phase="Running"), generation=1, now=NOW, rayjob=finished, snapshot=ProgressSnapshot()
+    )
+    assert out.create_attempt is None and out.status.phase == "Exporting"
+
+
+def test_a_rayjob_deleted_with_no_retries_left_fails_the_job_naming_the_cause() -> None:
+    out = derive_status(
+        job(backoffLimit=0), running_status(phase="Running"), generation=1, now=NOW, rayjob=None
+    )
+    assert out.create_attempt is None and out.status.phase == "Failed"
+    assert out.status.error is not None and out.status.error.code == RAYJOB_DELETED
+    assert out.status.error.message.endswith("(backoffLimit 0 reached)")
+    failed = {c.type: c for c in out.status.conditions}["Failed"]
+    assert (failed.status, failed.reason) == ("True", RAYJOB_DELETED)
+    assert [(e.type, e.reason) for e in out.events] == [("Warning", "Failed")]
+    assert out.events[0].message.startswith(f"{RAYJOB_DELETED}: RayJob j-a1")
+
+
+def test_a_finished_job_whose_rayjob_is_gone_stays_finished() -> None:
+    done = running_status(phase="Succeeded", completion_time=STAMP)
+    out = derive_status(job(), done, generation=1, now=NOW, rayjob=None)
+    assert out.create_attempt is None and out.status == done and out.events == []
 
 
 def test_derivation_is_idempotent() -> None:

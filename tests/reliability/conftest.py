@@ -8,9 +8,9 @@ the end of the session (see report.py).
 
 from __future__ import annotations
 
+import asyncio
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,27 +162,22 @@ def record_cases(request: pytest.FixtureRequest) -> Callable[[int, int], None]:
 
 
 @pytest.fixture
-def kmock_options(kmock_options: dict[str, Any]) -> dict[str, Any]:
-    """KMock's options with the realistic emulator (resourceVersion, status split, faults, write log)."""
-    from support.kmock_realistic import RealisticEmulator
+def k8s(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """The emulator (its own thread and loop) with the real SFTJob and RayJob CRDs, KUBECONFIG pointing at it.
 
-    return {**kmock_options, "cls": RealisticEmulator}
-
-
-@pytest.fixture
-def k8s(kmock: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """The emulator with the real SFTJob and RayJob CRDs, KUBECONFIG pointing at it; no unexpected 5xx."""
+    At teardown: no 5xx other than those a test injected.
+    """
     import kmock as kmocklib
 
     from support.kmock_realistic import InjectedFault
-    from support.operator_env import configure_emulator, use_kubeconfig, write_kubeconfig
+    from support.operator_env import EmulatorThread, use_kubeconfig, write_kubeconfig
 
-    configure_emulator(kmock)
-    kubeconfig = write_kubeconfig(str(kmock.url), tmp_path / "kubeconfig")
-    use_kubeconfig(kubeconfig, monkeypatch.setenv, monkeypatch.setattr)
-    kmock.kubeconfig = kubeconfig
-    yield kmock
-    bad = [e for e in kmock.errors
+    server = EmulatorThread()
+    with server as emulator:
+        emulator.kubeconfig = write_kubeconfig(str(emulator.url), tmp_path / "kubeconfig")
+        use_kubeconfig(emulator.kubeconfig, monkeypatch.setenv, monkeypatch.setattr)
+        yield emulator
+    bad = [e for e in server.errors
            if not (isinstance(e, kmocklib.KubernetesError) and (e.status < 500 or isinstance(e, InjectedFault)))]
     assert not bad, bad
 
@@ -196,16 +191,24 @@ def api(k8s: Any) -> Any:
 
 
 @pytest.fixture
-async def operator(k8s: Any) -> AsyncIterator[Callable[..., Any]]:
-    """`await operator(namespaces=(), **settings)` starts an operator in this event loop (stopped at teardown)."""
+def operator(k8s: Any) -> Iterator[Callable[..., Any]]:
+    """`await operator(namespaces=(), **settings)` starts an operator in a thread of its own (stopped at teardown).
+
+    Its own event loop keeps the stop cheap: Kopf waits for every task created in its loop since it
+    started, which in the test's loop would include pytest-asyncio's fixture tasks (5 s each).
+    """
     from sftjob_operator.settings import Settings
-    from support.operator_env import run_operator
+    from support.operator_env import OperatorThread
 
-    async with AsyncExitStack() as stack:
+    started: list[OperatorThread] = []
 
-        async def start(namespaces: tuple[str, ...] = (), **overrides: Any) -> Any:
-            settings = Settings(**{"progress_interval_seconds": OPERATOR_INTERVAL_S, "metrics_port": 0,
-                                   "watch_namespaces": namespaces, **overrides})
-            return await stack.enter_async_context(run_operator(settings, namespaces=namespaces))
+    async def start(namespaces: tuple[str, ...] = (), **overrides: Any) -> OperatorThread:
+        settings = Settings(**{"progress_interval_seconds": OPERATOR_INTERVAL_S, "metrics_port": 0,
+                               "watch_namespaces": namespaces, **overrides})
+        runner = OperatorThread(settings, namespaces=namespaces)
+        started.append(runner)
+        return await asyncio.to_thread(runner.start)
 
-        yield start
+    yield start
+    for runner in reversed(started):
+        runner.stop()

@@ -12,9 +12,15 @@ Added for the operator tests (tests/operator/) and the benchmark (bench/operator
   additionalPrinterColumns (without it kubectl falls back to NAME and AGE only);
 - a bounded request log (kmock scans its whole log for every request: quadratic without it);
 - `writes`: every successful mutating request (create/update/delete), with its time, resource,
-  subresource and object name, to count creates and API writes per job.
+  subresource and object name, to count creates and API writes per job; `keep_bodies` names the
+  resources whose object, as stored after each write, is kept too (to check a status never regresses);
+- Namespaces: `/api/v1/namespaces[/NAME]` is served as the cluster-scoped resource it is (KMock's path
+  parser reads `namespaces` as the namespace prefix and fails), so Kopf can list and watch them;
+- `trip(...)`: call a function (a test kills the operator process there) at the n-th write that
+  matches, before it is applied (the write is then refused) or right after.
 """
 
+import copy
 import dataclasses
 import datetime
 import itertools
@@ -29,7 +35,26 @@ import jsonpatch
 import jsonpointer
 import kmock
 from kmock._internal import dicts as kdicts
-from kmock._internal import enums, rendering
+from kmock._internal import enums, parsing, rendering
+
+_parse_path = parsing.parse_path
+
+
+def _parse_path_with_namespaces(path: str) -> parsing.ParsedPath:
+    """KMock's path parser, plus `/api/v1/namespaces` and `/api/v1/namespaces/NAME` as the Namespace resource.
+
+    KMock reads `namespaces/X` as the namespace prefix of a namespaced resource, so listing Namespaces
+    raised ValueError (HTTP 500) and fetching one found no resource. A namespaced path always has a
+    plural after the namespace, so these two shapes are unambiguous, as they are for the API server.
+    """
+    parts = path.strip("/").split("/")
+    if parts[:3] == ["api", "v1", "namespaces"] and len(parts) in (3, 4):
+        return parsing.ParsedPath("", "v1", "namespaces", None, parts[3] if len(parts) == 4 else None, None)
+    return _parse_path(path)
+
+
+# Module-level: `rendering.Request._parse` calls `parsing.parse_path` by module attribute.
+parsing.parse_path = _parse_path_with_namespaces
 
 
 def _now() -> str:
@@ -130,6 +155,30 @@ class Write:
     subresource: str | None
     namespace: str | None
     name: str | None
+    involved: str | None = None
+    """For an Event: the name of the object it is about."""
+    body: dict | None = None
+    """The object as stored after the write, for the resources in `keep_bodies`."""
+
+    @property
+    def about(self) -> str | None:
+        """The object this write concerns: the involved object of an Event, else the object written."""
+        return self.involved or self.name
+
+
+@dataclasses.dataclass
+class Tripwire:
+    """Call `trip(write)` at the `nth` write for which `match(write)` holds, `before` it is applied or after.
+
+    A write tripped before it is applied is refused (503): the test has killed its sender meanwhile.
+    """
+
+    match: Any
+    nth: int
+    before: bool
+    trip: Any
+    seen: int = 0
+    fired: Write | None = None
 
 
 @attrs.define(kw_only=True)
@@ -137,6 +186,8 @@ class RealisticEmulator(kmock.KubernetesEmulator):
     _rv: Any = attrs.field(factory=lambda: itertools.count(1), init=False)
     _faults: list = attrs.field(factory=list, init=False)
     writes: list = attrs.field(factory=list, init=False)
+    keep_bodies: set = attrs.field(factory=set, init=False)
+    tripwires: list = attrs.field(factory=list, init=False)
     _inflight: set = attrs.field(factory=set, init=False)
     kubeconfig: Any = attrs.field(default=None, init=False)  # set by the fixtures: a kubeconfig file for it
 
@@ -168,6 +219,22 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             ):
                 fault.times -= 1
                 raise InjectedFault(status=fault.status, reason="Injected", message=f"injected {fault.status}")
+
+    def trip(self, match: Any, nth: int, *, before: bool, trip: Any) -> Tripwire:
+        """Call `trip(write)` at the `nth` write (1-based) that `match(write)` accepts (see `Tripwire`)."""
+        wire = Tripwire(match=match, nth=nth, before=before, trip=trip)
+        self.tripwires.append(wire)
+        return wire
+
+    def _tripped(self, write: Write, *, before: bool) -> bool:
+        for wire in self.tripwires:
+            if wire.fired is None and wire.before == before and wire.match(write):
+                wire.seen += 1
+                if wire.seen == wire.nth:
+                    wire.fired = write
+                    wire.trip(write)
+                    return True
+        return False
 
     def count_writes(self, action: str, plural: str, subresource: str | None = None) -> int:
         """How many successful `action` requests (create/update/delete) were made on `plural`."""
@@ -346,24 +413,38 @@ class RealisticEmulator(kmock.KubernetesEmulator):
                 self.objects[key].patch({"metadata": {"deletionTimestamp": _now(), "resourceVersion": rv}})
                 await self._buses[request.resource].put({"type": "MODIFIED", "object": self.objects[key].raw})
 
+        mutating = request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE)
+        if mutating and self.tripwires and self._tripped(self._write_of(request), before=True):
+            raise InjectedFault(status=503, reason="Tripped", message="the sender was stopped before this write")
         response = await super()._handle(request)
         if request.action == enums.action.CREATE and response.status == 200 and not request.params.get("dryRun"):
             response.set_status(201)  # as the API server answers a create (clients check for it)
-        if request.action in (enums.action.CREATE, enums.action.UPDATE, enums.action.DELETE) and response.status < 300:
-            meta = (request.data or {}).get("metadata", {}) if isinstance(request.data, dict) else {}
-            self.writes.append(
-                Write(
-                    at=time.monotonic(),
-                    action=request.action.value,
-                    plural=request.resource.plural,
-                    subresource=request.subresource,
-                    namespace=request.namespace or meta.get("namespace"),
-                    name=request.name or meta.get("name"),
-                )
-            )
+        if mutating and response.status < 300:
+            write = self._write_of(request)
+            if write.plural in self.keep_bodies and write.name:
+                key = (request.resource, write.namespace, write.name)
+                body = copy.deepcopy(self.objects[key].raw) if key in self.objects else None
+                write = dataclasses.replace(write, body=body)
+            self.writes.append(write)
+            if self.tripwires:
+                self._tripped(write, before=False)
         if collect:  # ownerReferences cascade (kmock has no GC): only an object's removal can orphan others
             await self._collect_garbage()
         return response
+
+    def _write_of(self, request) -> Write:
+        data = request.data if isinstance(request.data, dict) else {}
+        meta = data.get("metadata") or {}
+        involved = (data.get("involvedObject") or {}).get("name") if request.resource.plural == "events" else None
+        return Write(
+            at=time.monotonic(),
+            action=request.action.value,
+            plural=request.resource.plural,
+            subresource=request.subresource,
+            namespace=request.namespace or meta.get("namespace"),
+            name=request.name or meta.get("name"),
+            involved=involved,
+        )
 
     async def _collect_garbage(self) -> None:
         alive = {o.raw["metadata"].get("uid") for o in self.objects.values() if not o.deleted}

@@ -13,6 +13,10 @@ import base64
 import contextlib
 import functools
 import json
+import os
+import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -355,3 +359,130 @@ class OutputWriter:
     async def manifest(self) -> None:
         """Write manifest.json: the output is complete."""
         await asyncio.to_thread(self.write, "manifest.json", {"files": {}})
+
+
+# --------------------------------------------------------------------------- operators outside the test's loop
+
+
+class OperatorThread:
+    """The operator in a thread with its own event loop, as in another process but sharing the test's logging.
+
+    Stopping it costs no more than Kopf's own shutdown: Kopf, when it stops, waits for every task
+    created in its loop, and here that loop holds only the operator's tasks (never a test fixture's).
+    """
+
+    def __init__(self, settings: Any, *, namespaces: tuple[str, ...] = ()) -> None:
+        self.settings = settings
+        self.namespaces = namespaces
+        self.services: list[Any] = []
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._failure: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="sftjob-operator", daemon=True)
+
+    @property
+    def service(self) -> Any:
+        """The service layer (built by the operator's startup handler)."""
+        return self.services[-1]
+
+    def start(self) -> OperatorThread:
+        """Start the operator and wait until Kopf reports it ready."""
+        self._thread.start()
+        while not self._ready.wait(timeout=0.05):
+            if not self._thread.is_alive():
+                raise RuntimeError(f"the operator stopped at start-up: {self._failure!r}")
+        return self
+
+    def stop(self) -> None:
+        """Ask Kopf to stop and wait for the thread; re-raise what made the operator fail, if anything."""
+        self._stop.set()
+        self._thread.join(timeout=30)
+        if self._thread.is_alive():
+            raise RuntimeError("the operator did not stop within 30 s")
+        if self._failure is not None:
+            raise RuntimeError("the operator failed") from self._failure
+
+    def _run(self) -> None:
+        import kopf
+
+        from sftjob_operator.handlers import default_service, register
+
+        def make_service(operator_settings: Any) -> Any:
+            service = default_service(operator_settings)
+            self.services.append(service)
+            return service
+
+        registry = kopf.OperatorRegistry()
+        register(registry, self.settings, make_service)
+        try:
+            asyncio.run(
+                kopf.operator(
+                    registry=registry,
+                    standalone=True,
+                    clusterwide=not self.namespaces,
+                    namespaces=self.namespaces,
+                    stop_flag=self._stop,
+                    ready_flag=self._ready,
+                )
+            )
+        except BaseException as err:  # reported by start() or stop()
+            self._failure = err
+
+
+class OperatorProcess:
+    """`python -m sftjob_operator` as a child process pointed at the emulator: a real process to SIGKILL.
+
+    The environment is the one the Helm chart sets (SFTJOB_* variables) plus KUBECONFIG; the
+    liveness endpoint takes a free port. Output goes to `log` (appended across restarts).
+    """
+
+    def __init__(self, kubeconfig: Path, log: Path, **env: str) -> None:
+        self.kubeconfig = kubeconfig
+        self.log = log
+        self.env = env
+        self.process: Any = None
+        self.starts = 0
+
+    def start(self) -> OperatorProcess:
+        """Start a new operator process (the previous one must have ended)."""
+        if self.process is not None and self.process.poll() is None:
+            raise RuntimeError("the previous operator process is still running")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "SFTJOB_METRICS_PORT": "0",
+            **self.env,
+        }
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sftjob_operator", "--liveness", f"http://127.0.0.1:{port}/healthz"],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        self.starts += 1
+        return self
+
+    @property
+    def pid(self) -> int:
+        """The running process's id."""
+        return int(self.process.pid)
+
+    def kill(self) -> None:
+        """SIGKILL the process (no cleanup of any kind runs) and reap it."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM (Kopf's graceful stop), then SIGKILL if it has not ended within 15 s."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.kill()
