@@ -5,6 +5,10 @@ and the prompt again in a Python loop and mask the prompt tokens. The pipeline d
 detection, de-duplication, quality filters, length policy, preflight) on batched fast-tokenizer calls.
 Prints both rates and their ratio; it asserts nothing about speed.
 
+It then measures the content-hash cache (`DataCache`) on the same file: cold (prepare, then store the
+entry) against warm (a hit: the file is read and hashed, the entry read back, nothing re-tokenized),
+each round on a fresh cache directory, and prints the warm/cold ratio.
+
     .venv/bin/python bench/data_bench.py [--rows 20000] [--tokenizer DIR]
 """
 
@@ -20,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.types import DatasetSpec
-from sftjob_trainer.data import prepare_dataset
+from sftjob_trainer.data import DataCache, prepare_dataset
 from sftjob_trainer.tiny import build_tokenizer, default_corpus
 
 # The seed truncates every example at 128 tokens; both sides use the same bound.
@@ -53,11 +57,36 @@ def naive(path: Path, tokenizer: Any) -> int:
     return len(examples)
 
 
+def bench_spec(path: Path) -> DatasetSpec:
+    """The dataset section both the pipeline and the cache runs use."""
+    return DatasetSpec.model_validate({"train": {"uri": str(path)}, "schema": "prompt_completion",
+                                       "maxSeqLength": MAX_LENGTH, "maxDroppedFraction": 1.0})
+
+
 def pipeline(path: Path, tokenizer: Any) -> int:
     """The full data pipeline; returns the number of training examples."""
-    spec = DatasetSpec.model_validate({"train": {"uri": str(path)}, "schema": "prompt_completion",
-                                       "maxSeqLength": MAX_LENGTH, "maxDroppedFraction": 1.0})
-    return len(prepare_dataset(spec, tokenizer, seed=0).train)
+    return len(prepare_dataset(bench_spec(path), tokenizer, seed=0).train)
+
+
+def cold_and_warm(path: Path, tokenizer: Any, cache_dir: Path, repeats: int) -> tuple[float, float, int]:
+    """Best seconds of a cold prepare (miss, then store) and of a warm one (hit), and the examples.
+
+    Every round starts from an empty cache directory, so each cold run really misses.
+    """
+    cold = warm = float("inf")
+    produced = 0
+    for round_no in range(repeats):
+        cache = DataCache((str(cache_dir / f"round-{round_no}"),))
+        start = time.perf_counter()
+        first = prepare_dataset(bench_spec(path), tokenizer, seed=0, cache=cache)
+        middle = time.perf_counter()
+        second = prepare_dataset(bench_spec(path), tokenizer, seed=0, cache=cache)
+        end = time.perf_counter()
+        if not (first.report.cache.startswith("miss") and second.report.cache.startswith("hit")):
+            raise RuntimeError(f"expected a miss then a hit, got {first.report.cache!r}, {second.report.cache!r}")
+        cold, warm = min(cold, middle - start), min(warm, end - middle)
+        produced = len(second.train)
+    return cold, warm, produced
 
 
 def best_rates(sides: dict[str, Any], repeats: int) -> dict[str, tuple[float, int]]:
@@ -92,11 +121,15 @@ def main(argv: list[str] | None = None) -> int:
         rates = best_rates({"naive": lambda: naive(path, tokenizer), "ours": lambda: pipeline(path, tokenizer)},
                            args.repeats)
         (naive_rate, naive_n), (ours_rate, ours_n) = rates["naive"], rates["ours"]
+        cold, warm, cached_n = cold_and_warm(path, tokenizer, Path(tmp) / "cache", args.repeats)
     print(f"rows: {args.rows}  tokenizer: {tok_dir if args.tokenizer else 'tiny BPE (built here)'}  "
           f"max length: {MAX_LENGTH}  best of {args.repeats}")
     print(f"naive per-row loop (seed): {naive_rate:10.0f} examples/s  ({naive_n} examples)")
     print(f"sftjob data pipeline:      {ours_rate:10.0f} examples/s  ({ours_n} examples)")
     print(f"ratio pipeline/naive: {ours_rate / naive_rate:.2f}x")
+    print(f"data cache cold (prepare + store): {cold:8.3f} s  ({cached_n} examples)")
+    print(f"data cache warm (hit):             {warm:8.3f} s")
+    print(f"ratio cache warm/cold: {warm / cold:.3f}  ({cold / warm:.1f}x faster warm)")
     return 0
 
 

@@ -699,6 +699,11 @@ class DatasetStats(ApiModel):
     sha256: Name | None = None
     """Digest of the training file."""
 
+    cache: Name | None = None
+    """The trainer's data cache: `hit <key>` (prepared data reused, nothing re-tokenized) or
+    `miss <key>` (prepared and stored for the next attempt); `<key>` is the first 12 hex digits of
+    the content hash."""
+
 
 class Progress(ApiModel):
     """Training progress, from the trainer's progress.json."""

@@ -16,3 +16,5 @@ def test_data_bench_runs() -> None:
     assert re.search(r"naive per-row loop \(seed\): +\d+ examples/s +\(200 examples\)", result.stdout)
     assert re.search(r"sftjob data pipeline: +\d+ examples/s", result.stdout)
     assert re.search(r"ratio pipeline/naive: \d+\.\d\dx", result.stdout)
+    assert re.search(r"data cache cold \(prepare \+ store\): +\d+\.\d{3} s +\(\d+ examples\)", result.stdout)
+    assert re.search(r"ratio cache warm/cold: \d+\.\d{3} +\(\d+\.\dx faster warm\)", result.stdout)

@@ -5,6 +5,7 @@ The trainer calls `prepare_dataset` once, then `pack_examples` with `PackedColla
 `analyze` on rows read with `read_dataset`.
 """
 
+from sftjob_trainer.data.cache import DataCache
 from sftjob_trainer.data.errors import DataError, Problem
 from sftjob_trainer.data.formats import SCHEMAS, Conversation, Message
 from sftjob_trainer.data.packing import (
@@ -24,6 +25,7 @@ __all__ = [
     "SCHEMAS",
     "ByteTokenizer",
     "Conversation",
+    "DataCache",
     "DataError",
     "DataReport",
     "Example",

@@ -9,6 +9,7 @@ Rows become conversations, conversations rendered text, text tokens with labels.
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 from collections import Counter
@@ -16,6 +17,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sftjob_api.types import DatasetSpec
+from sftjob_trainer.data.cache import KEY_PREFIX_CHARS, DataCache, cache_key
+from sftjob_trainer.data.cache import load as load_cached
+from sftjob_trainer.data.cache import store as store_cached
 from sftjob_trainer.data.errors import DataError, Problem
 from sftjob_trainer.data.formats import Conversation, convert_rows
 from sftjob_trainer.data.readers import RawDataset, read_dataset
@@ -44,6 +48,8 @@ HARMLESS_DROPS = frozenset({"duplicate"})
 # fanned out, a loop that wrote the same rows again) and would train on far fewer examples than it seems to.
 MAX_DUPLICATE_SHARE = 0.5
 SAMPLES = 2
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -83,8 +89,8 @@ class PreparedData:
     """EOS and single-token end-of-turn markers: where generation should stop."""
 
 
-def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int,
-                    model_max_length: int | None = None) -> PreparedData:
+def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int, model_max_length: int | None = None,
+                    cache: DataCache | None = None) -> PreparedData:
     """Read, render, tokenize, mask, filter, split and check the dataset of a job.
 
     Args:
@@ -92,20 +98,38 @@ def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int,
         tokenizer: A fast Hugging Face tokenizer whose pad token is not its EOS token.
         seed: The job's seed (validation split).
         model_max_length: The model's context length (caps `maxSeqLength`).
+        cache: Where prepared data is looked up by content hash and stored (None: no cache). The files
+            are read either way (their bytes are part of the key); a hit skips everything after that.
+            Only data that passed every check is stored.
 
     Returns:
-        The prepared examples.
+        The prepared examples; `report.cache` says `hit <key12>` or `miss <key12>` when a cache was given.
 
     Raises:
         DataError: InvalidDataset, DatasetUnreadable, a storage code, or PreflightFailed.
     """
     train = read_dataset(spec.train.uri, spec.train.format)
     validation = read_dataset(spec.validation.uri, spec.validation.format) if spec.validation else None
+    key = None
+    if cache is not None and cache.roots:
+        key = cache_key(spec, tokenizer, train.sha256, validation.sha256 if validation else None, seed,
+                        model_max_length)
+    if cache is not None and key is not None:
+        found = load_cached(cache, key)
+        if found is not None:
+            cached, root = found
+            cached.report.cache = f"hit {key[:KEY_PREFIX_CHARS]}"
+            log.info("data: cache hit %s (%s)", key[:KEY_PREFIX_CHARS], root)
+            return cached
     prepared, invalid, preflight = _build(spec, tokenizer, train, validation, seed, model_max_length)
     if invalid:
         raise DataError.from_problems("InvalidDataset", invalid)
     if preflight:
         raise DataError.from_problems("PreflightFailed", preflight)
+    if cache is not None and key is not None:
+        prepared.report.warnings.extend(store_cached(cache, key, prepared))
+        prepared.report.cache = f"miss {key[:KEY_PREFIX_CHARS]}"
+        log.info("data: cache miss %s, prepared and stored", key[:KEY_PREFIX_CHARS])
     return prepared
 
 

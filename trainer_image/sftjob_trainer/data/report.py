@@ -66,6 +66,9 @@ class DataReport:
     """Findings that do not block the job."""
     samples: list[Sample] = field(default_factory=list)
     """Up to two rendered training examples."""
+    cache: str = ""
+    """The data cache: `hit <key12>` (loaded, nothing re-tokenized), `miss <key12>` (prepared and stored),
+    or empty when no cache was used."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (samples as lists of [text, trained])."""
@@ -78,4 +81,4 @@ class DataReport:
         return DatasetStats(format=self.format, rows=self.rows, train_examples=self.train_examples,
                             validation_examples=self.validation_examples, dropped=dict(self.dropped),
                             truncated=self.truncated, tokens=self.tokens, trainable_tokens=self.trainable_tokens,
-                            sha256=self.sha256 or None)
+                            sha256=self.sha256 or None, cache=self.cache or None)
