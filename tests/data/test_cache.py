@@ -124,6 +124,40 @@ def _other_valid_tokens(entry: Path) -> None:
     (entry / "train.parquet").write_bytes(data_cache._to_parquet(examples))
 
 
+def _replace_train_with_matching_digest(entry: Path, columns: dict[str, list[Any]]) -> None:
+    """A foreign writer's train.parquet whose size and digest entry.json does record."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(pa.Table.from_pydict(columns, schema=data_cache._schema()), sink)
+    data = sink.getvalue().to_pybytes()
+    (entry / "train.parquet").write_bytes(data)
+    index = json.loads((entry / "entry.json").read_text())
+    index["files"]["train.parquet"].update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
+    (entry / "entry.json").write_text(json.dumps(index))
+
+
+def _train_columns(entry: Path) -> dict[str, list[Any]]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(entry / "train.parquet").to_pydict()
+
+
+def _labels_shorter_than_tokens(entry: Path) -> None:
+    columns = _train_columns(entry)
+    columns["labels"][3] = columns["labels"][3][:-1]
+    _replace_train_with_matching_digest(entry, columns)
+
+
+def _null_token(entry: Path) -> None:
+    columns = _train_columns(entry)
+    columns["input_ids"][0][0] = None
+    _replace_train_with_matching_digest(entry, columns)
+
+
 def _garbage_index(entry: Path) -> None:
     (entry / "entry.json").write_bytes(b'{"format": "sftjob-data-cache", "vers')
 
@@ -158,7 +192,8 @@ def _counts_disagree(entry: Path) -> None:
 
 DAMAGE = {f.__name__.lstrip("_"): f for f in (_truncate_train, _flip_byte_in_train, _other_valid_tokens,
                                               _garbage_index, _no_index, _other_version, _report_of_another_shape,
-                                              _report_field_mistyped, _counts_disagree)}
+                                              _report_field_mistyped, _counts_disagree, _labels_shorter_than_tokens,
+                                              _null_token)}
 
 
 @pytest.mark.parametrize("damage", sorted(DAMAGE))

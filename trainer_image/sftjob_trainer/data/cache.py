@@ -195,7 +195,7 @@ def _read_entry(entry_uri: str, key: str) -> PreparedData:
         report = _report_from_json(entry["report"])
         max_seq_length, chat_template = entry["max_seq_length"], entry["chat_template"]
         stops = entry["stop_token_ids"]
-    except (KeyError, TypeError) as err:
+    except (KeyError, TypeError, ValueError) as err:
         raise CorruptEntry(f"{ENTRY_FILE} lacks or mistypes {err}") from None
     if not (isinstance(max_seq_length, int) and isinstance(chat_template, str) and isinstance(stops, list)
             and all(isinstance(s, int) for s in stops)):
@@ -265,8 +265,8 @@ def _from_parquet(data: bytes) -> list[Example]:
 def _lists(column: Any) -> list[list[int]]:
     """A list<int32> column as Python lists, through one flat conversion (much faster than to_pylist)."""
     array = column.combine_chunks() if column.num_chunks != 1 else column.chunk(0)
-    if array.null_count:
-        raise CorruptEntry("a token list is null")
+    if array.null_count or array.values.null_count:
+        raise CorruptEntry("a token list or token is null")
     if len(array) == 0:
         return []
     offsets = array.offsets.to_pylist()
