@@ -422,8 +422,10 @@ class RealisticEmulator(kmock.KubernetesEmulator):
         if mutating and response.status < 300:
             write = self._write_of(request)
             if write.plural in self.keep_bodies and write.name:
+                body = None
                 key = (request.resource, write.namespace, write.name)
-                body = copy.deepcopy(self.objects[key].raw) if key in self.objects else None
+                if key in self.objects and not self.objects[key].deleted:  # kmock's ObjectsArray has no .get()
+                    body = copy.deepcopy(self.objects[key].raw)
                 write = dataclasses.replace(write, body=body)
             self.writes.append(write)
             if self.tripwires:
