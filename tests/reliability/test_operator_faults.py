@@ -31,6 +31,7 @@ from typing import Any
 
 import pytest
 
+from reliability.conftest import OPERATOR_INTERVAL_S as OPERATOR_TICK_S
 from support.kmock_realistic import Write
 from support.operator_env import Api, OperatorProcess, OutputWriter, make_sftjob, wait_for
 
@@ -322,3 +323,110 @@ async def _gone(api: Api, ns: str, name: str) -> bool:
     if await api.get_sftjob(ns, name) is not None:
         return False
     return await api.list_rayjobs(ns, f"sftjob.dev/name={name}") == []
+
+
+# ---------------------------------------------------------------------------------- RayJob deleted by hand
+
+
+async def _status_where(api: Api, ns: str, name: str, check: Callable[[dict[str, Any]], bool],
+                        what: str) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        status = ((await api.get_sftjob(ns, name)) or {}).get("status") or {}
+        return status if status and check(status) else None
+
+    return await wait_for(probe, timeout=WAIT_S, what=f"{name}: {what}")
+
+
+async def _events(api: Api, ns: str, name: str, reason: str, count: int = 1) -> list[dict[str, Any]]:
+    """Wait until `count` events of `reason` are posted on the job (Kopf posts them from a queue)."""
+
+    async def probe() -> list[dict[str, Any]] | None:
+        found = [e for e in await api.events(ns) if e["involvedObject"]["name"] == name and e["reason"] == reason]
+        return found if len(found) >= count else None
+
+    return await wait_for(probe, timeout=WAIT_S, what=f"{count} {reason} event(s) on {name}")
+
+
+async def _running(api: Api, ns: str, name: str, out: OutputWriter, attempt: int = 1) -> None:
+    await wait_for(lambda: api.get_rayjob(ns, f"{name}-a{attempt}"), timeout=WAIT_S, what=f"{name}-a{attempt}")
+    await api.play_kuberay(ns, f"{name}-a{attempt}", {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"})
+    await out.progress(attempt=attempt, step=10, total=40,
+                       checkpoints=[{"step": 10, "uri": f"{out.base}/checkpoints/step-10"}])
+    await _status_where(api, ns, name, lambda s: s.get("phase") == "Running" and s.get("attempt") == attempt
+                        and (s.get("progress") or {}).get("step") == 10, f"attempt {attempt} Running at step 10")
+
+
+@pytest.mark.scenario(AREA, "RayJob deleted by hand while the job runs → the attempt fails as RayJobDeleted (a "
+                      "Warning event names it) and the next attempt starts, resuming from the latest checkpoint; "
+                      "the deleted RayJob is never recreated")
+async def test_rayjob_deleted_by_hand_starts_the_next_attempt(k8s: Any, api: Api, operator: Any,
+                                                              tmp_path: Path) -> None:
+    ns, name = "ml", "handdel"
+    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
+    await operator()
+    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path)))
+    await _running(api, ns, name, out)
+    await api.delete_rayjob(ns, f"{name}-a1")
+    a2 = await wait_for(lambda: api.get_rayjob(ns, f"{name}-a2"), timeout=WAIT_S, what="attempt 2's RayJob")
+    status = await _status_where(api, ns, name, lambda s: s.get("attempt") == 2, "attempt 2")
+    retrying = await _events(api, ns, name, "Retrying")
+    await _running(api, ns, name, out, attempt=2)
+
+    assert a2["metadata"]["labels"]["sftjob.dev/attempt"] == "2"
+    assert status["error"]["code"] == "RayJobDeleted" and status["error"]["retryable"] is True
+    assert f"RayJob {name}-a1 of attempt 1 was deleted while the job was Running" in status["error"]["message"]
+    first = status["attempts"][0]
+    assert (first["attempt"], first["result"], first["reason"]) == (1, "Failed", "RayJobDeleted")
+    assert retrying[0]["type"] == "Warning"
+    assert retrying[0]["message"].startswith("attempt 1 failed (RayJobDeleted: RayJob handdel-a1 of attempt 1")
+    assert "resuming from the latest checkpoint" in retrying[0]["message"]
+    assert await api.get_rayjob(ns, f"{name}-a1") is None
+    assert [w.name for w in k8s.writes if w.plural == "rayjobs" and w.action == "CREATE"] == [
+        f"{name}-a1", f"{name}-a2"]
+    running = await _status_where(api, ns, name, lambda s: s.get("phase") == "Running", "Running again")
+    assert "error" not in running  # cleared once attempt 2 runs
+
+
+@pytest.mark.scenario(AREA, "RayJob deleted by hand with no retries left (backoffLimit 0) → Failed/RayJobDeleted, "
+                      "the Failed condition and a Warning event say what to check; nothing is recreated")
+async def test_rayjob_deleted_with_no_retries_left_fails_the_job(k8s: Any, api: Api, operator: Any,
+                                                                 tmp_path: Path) -> None:
+    ns, name = "ml", "lastchance"
+    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
+    await operator()
+    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path), runPolicy={"backoffLimit": 0}))
+    await _running(api, ns, name, out)
+    await api.delete_rayjob(ns, f"{name}-a1")
+    status = await _status_where(api, ns, name, lambda s: s.get("phase") == "Failed", "Failed")
+    failed = (await _events(api, ns, name, "Failed"))[0]
+    writes = len(k8s.writes)
+    await asyncio.sleep(5 * OPERATOR_TICK_S)  # a few progress ticks: nothing more happens
+    assert [w for w in k8s.writes[writes:] if w.plural in ("rayjobs", "sftjobs")] == []
+
+    assert status["error"]["code"] == "RayJobDeleted"
+    assert status["error"]["message"].endswith("(backoffLimit 0 reached)")
+    condition = {c["type"]: c for c in status["conditions"]}["Failed"]
+    assert (condition["status"], condition["reason"]) == ("True", "RayJobDeleted")
+    assert "the operator did not delete it: check who did" in condition["message"]
+    assert failed["type"] == "Warning" and failed["message"].startswith(f"RayJobDeleted: RayJob {name}-a1")
+    assert [w.name for w in k8s.writes if w.plural == "rayjobs" and w.action == "CREATE"] == [f"{name}-a1"]
+
+
+@pytest.mark.scenario(AREA, "RayJob deleted after the job Succeeded → nothing recreated, status unchanged")
+async def test_rayjob_deleted_after_success_changes_nothing(k8s: Any, api: Api, operator: Any,
+                                                            tmp_path: Path) -> None:
+    ns, name = "ml", "finished"
+    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
+    await operator()
+    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path)))
+    await _running(api, ns, name, out)
+    await out.progress(phase="Succeeded", step=40, total=40)
+    await out.manifest()
+    await api.play_kuberay(ns, f"{name}-a1", {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})
+    done = await _status_where(api, ns, name, lambda s: s.get("phase") == "Succeeded", "Succeeded")
+    await api.delete_rayjob(ns, f"{name}-a1")
+    writes = len(k8s.writes)
+    await asyncio.sleep(5 * OPERATOR_TICK_S)  # a few progress ticks: nothing happens
+    assert [w for w in k8s.writes[writes:] if w.plural in ("rayjobs", "sftjobs")] == []
+    assert ((await api.get_sftjob(ns, name)) or {}).get("status") == done
+    assert await api.list_rayjobs(ns, f"sftjob.dev/name={name}") == []
