@@ -14,7 +14,7 @@ from typing import Any
 
 from sftjob_api.progress import CHECKPOINTS_DIR, METRICS_FILE, ProgressFile
 from sftjob_api.types import Metrics
-from sftjob_trainer import storage
+from sftjob_trainer import faults, storage
 from sftjob_trainer.artifacts import (
     EVAL_SAMPLES_FILE,
     LOSS_PLOT_FILE,
@@ -30,6 +30,7 @@ from sftjob_trainer.artifacts import (
 from sftjob_trainer.config import JobContext
 from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.hparams import Device, Plan, resolve, training_arguments
+from sftjob_trainer.local_ray import ControlPlanePriority, init_ray
 from sftjob_trainer.methods import check_device, is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
 
@@ -108,7 +109,7 @@ def prepare(ctx: JobContext, writer: ProgressWriter) -> tuple[Any, Any, Path]:
     Raises:
         TrainerError: ModelUnreadable, a data or storage code, or PreflightFailed.
     """
-    from sftjob_trainer.data import DataError, prepare_dataset
+    from sftjob_trainer.data import DataCache, DataError, prepare_dataset
     from sftjob_trainer.model_loading import load_tokenizer, resolve_model_dir
 
     spec = ctx.job.spec
@@ -117,7 +118,8 @@ def prepare(ctx: JobContext, writer: ProgressWriter) -> tuple[Any, Any, Path]:
     tokenizer = load_tokenizer(model_dir, spec.model)
     limit = _model_limit(model_dir)
     try:
-        prepared = prepare_dataset(spec.dataset, tokenizer, seed=spec.hyperparameters.seed, model_max_length=limit)
+        prepared = prepare_dataset(spec.dataset, tokenizer, seed=spec.hyperparameters.seed, model_max_length=limit,
+                                   cache=DataCache.for_job(ctx.output_uri))
     except DataError as err:
         raise _data_error(err) from None
     except storage.StorageError as err:
@@ -268,11 +270,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
     if not ray.is_initialized():
-        # Ray starts its worker processes at nice 15; on a local machine (`sftjob run`) that hands the
-        # training worker's CPU to any other process. A cluster started here runs them at normal priority.
-        os.environ.setdefault(RAY_WORKER_NICENESS_ENV, "0")
-        ray.init(address=ray_address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-                 configure_logging=False, log_to_driver=False)
+        init_ray(ray_address)
     storage_path, filesystem = checkpoint_storage(ctx.output_uri)
     resume_from = spec.checkpointing.resume_from
     config = {
@@ -293,8 +291,9 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "progress": writer.state.model_dump(),
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
         "resume_latest": resume_from == "latest",
-        "kill_driver": _fault_hook(),
-        "oom_at_step": _oom_hook(),
+        "kill_driver": faults.kill_driver_hook(),
+        "oom_at_step": faults.oom_at_step(),
+        "kill_worker": faults.kill_worker_hook(),
         "exports": Queue(maxsize=1),
         "cpus_per_worker": worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
     }
@@ -315,7 +314,8 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     )
     writer.set_phase("Running", "starting Ray Train workers")
     try:
-        result = trainer.fit()
+        with ControlPlanePriority():
+            result = trainer.fit()
     except Exception as err:
         found = _worker_error(err)
         if found is not None:
@@ -323,9 +323,6 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     del result  # its metrics hold only checkpoint reports; rank 0's file digests come through the queue
     return export(ctx, {"files": config["exports"].get(timeout=EXPORT_TIMEOUT_S)}, writer)
-
-
-RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
@@ -338,22 +335,6 @@ def worker_cpus(requested: int, num_workers: int) -> int:
 
     available = int(ray.cluster_resources().get("CPU", 1))
     return max(1, min(requested, available // num_workers))
-
-
-def _fault_hook() -> tuple[int, int] | None:
-    """(step, this process id) when the resilience tests ask rank 0 to SIGKILL the driver after that step."""
-    from sftjob_trainer.worker import KILL_DRIVER_AT_STEP_ENV
-
-    step = os.environ.get(KILL_DRIVER_AT_STEP_ENV, "")
-    return (int(step), os.getpid()) if step.isdigit() else None
-
-
-def _oom_hook() -> int | None:
-    """The step at which the resilience tests ask rank 0 to fail with out-of-memory."""
-    from sftjob_trainer.worker import OOM_AT_STEP_ENV
-
-    step = os.environ.get(OOM_AT_STEP_ENV, "")
-    return int(step) if step.isdigit() else None
 
 
 def _load_dtype(spec: Any, plan: Plan) -> str:

@@ -4,26 +4,88 @@ Endpoint, region and credentials come from the standard AWS environment variable
 (`AWS_ENDPOINT_URL`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ACCESS_KEY_ID`,
 `AWS_SECRET_ACCESS_KEY`), which the operator fills from the referenced Secrets. Uploads use
 boto3's managed (multipart) transfer.
+
+Every S3 operation is retried with bounded exponential backoff and gives up after a bounded time, so an
+object store that stops answering ends the job with `StorageUnavailable` (retryable) instead of hanging it;
+`retry_budget()` says how long at most, docs/trainer.md (Reliability) explains the numbers.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import shutil
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-# boto3 retries throttling and 5xx itself; "standard" mode adds backoff with jitter.
-_RETRIES = {"max_attempts": 8, "mode": "standard"}
+from sftjob_trainer.errors import TrainerError
+
+T = TypeVar("T")
+
+# HTTP attempts botocore makes per request ("standard" mode, with its own 50-100 ms jittered sleeps): the second
+# one absorbs a pooled keep-alive connection the server had already closed, without our longer sleep.
+REQUEST_ATTEMPTS = 2
+# Sleeps (seconds) before the 2nd, 3rd... try of a whole operation after a transient failure (connection refused,
+# dropped or timed out, 5xx, throttling). 6 tries in all; each sleep is drawn from [d/2, d] (jitter, so many
+# workers do not retry in step), so an outage shorter than 15.5 s is always ridden out (an object store pod
+# restarting, a load balancer failing over), and at most 31 s are spent sleeping before the job fails.
+RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+# Scales RETRY_DELAYS_S; the reliability tests shrink the sleeps with it (the counts stay the same).
+BACKOFF_SCALE_ENV = "SFTJOB_STORAGE_BACKOFF_SCALE"
+# Seconds to open a TCP connection: object stores accept in milliseconds, even across a region; 5 s of silence
+# means the endpoint is down or blackholed.
+CONNECT_TIMEOUT_S = 5
+# Seconds of socket silence while waiting for a response: S3 answers a PUT (a multipart part is 8 MiB) or a GET's
+# first byte within seconds and keeps a long CompleteMultipartUpload alive with whitespace; 20 s of silence means
+# a hung endpoint.
+READ_TIMEOUT_S = 20
+# S3 error codes that mean "busy, try again" (HTTP 5xx are retried whatever their code).
+_THROTTLING = frozenset({"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "RequestTimeTooSkewed"})
 
 
-class StorageError(Exception):
-    """A storage operation failed; `code` is an SFTJob error code."""
+def retry_budget() -> dict[str, float]:
+    """The bounds of one storage operation's retries, before it fails with `StorageUnavailable`.
+
+    Returns:
+        `tries` (of the whole operation), `request_attempts` (HTTP attempts per try), `outage_ridden_s` (an outage
+        shorter than this is always survived), `max_sleep_s` (the most all sleeps add up to) and `max_s` (the
+        most the operation can take when every connection hangs: connect or read timeouts on every attempt,
+        plus the sleeps; a refused or dropped connection fails at once, so only the sleeps count).
+    """
+    per_attempt = CONNECT_TIMEOUT_S + READ_TIMEOUT_S
+    tries = len(RETRY_DELAYS_S) + 1
+    return {
+        "tries": tries,
+        "request_attempts": REQUEST_ATTEMPTS,
+        "outage_ridden_s": sum(RETRY_DELAYS_S) / 2,
+        "max_sleep_s": sum(RETRY_DELAYS_S),
+        "max_s": tries * REQUEST_ATTEMPTS * per_attempt + sum(RETRY_DELAYS_S),
+    }
+
+
+class StorageError(TrainerError):
+    """A storage operation failed; `code` is an SFTJob error code (`NotFound` is internal: callers translate it).
+
+    It is a `TrainerError`, so a storage failure anywhere (a worker's upload, the driver's export) ends the job
+    with `phase: Failed` and its code (`StorageUnavailable` is retryable) instead of a traceback.
+    """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        """Create the error.
+
+        Args:
+            code: `NotFound`, `AccessDenied`, `MissingCredentials` or `StorageUnavailable`.
+            message: The URI and what went wrong.
+        """
+        super().__init__(code, message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Ray pickles worker exceptions to the driver: keep the type (TrainerError.__reduce__ would drop it).
+        return (StorageError, (self.code, self.message))
 
 
 @dataclass(frozen=True)
@@ -55,7 +117,7 @@ def join(uri: str, *names: str) -> str:
 
 
 def s3_client() -> Any:
-    """A boto3 S3 client configured from the standard AWS environment variables."""
+    """A boto3 S3 client configured from the standard AWS environment variables, with bounded timeouts."""
     import boto3
     from botocore.config import Config
 
@@ -64,28 +126,78 @@ def s3_client() -> Any:
         "s3",
         endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3") or None,
         region_name=region,
-        config=Config(retries=_RETRIES),
+        # `total_max_attempts` counts the first attempt; botocore's `max_attempts` key would count retries only.
+        config=Config(retries={"mode": "standard", "total_max_attempts": REQUEST_ATTEMPTS},
+                      connect_timeout=CONNECT_TIMEOUT_S, read_timeout=READ_TIMEOUT_S),
     )
 
 
-def _translate(err: Exception, uri: str) -> StorageError:
-    from botocore.exceptions import ClientError, EndpointConnectionError, NoCredentialsError
+def _chain(err: BaseException) -> list[BaseException]:
+    """`err` and the exceptions it was raised from (boto3 wraps upload failures in S3UploadFailedError)."""
+    out: list[BaseException] = []
+    item: BaseException | None = err
+    while item is not None and item not in out:
+        out.append(item)
+        item = item.__cause__ or item.__context__
+    return out
+
+
+def is_transient(err: BaseException) -> bool:
+    """Whether another try may succeed: a connection refused, dropped or timed out, a 5xx, or throttling."""
+    from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+    for item in _chain(err):
+        if isinstance(item, ConnectionError | HTTPClientError):
+            return True
+        if isinstance(item, ClientError):
+            status = int(item.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+            return status >= 500 or item.response.get("Error", {}).get("Code", "") in _THROTTLING
+    return False
+
+
+def _translate(err: Exception, uri: str, tries: int = 1) -> StorageError:
+    from botocore.exceptions import ClientError, NoCredentialsError
 
     if isinstance(err, NoCredentialsError):
         return StorageError(
             "MissingCredentials",
             f"{uri}: no AWS credentials; reference a Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
         )
-    if isinstance(err, EndpointConnectionError):
-        return StorageError("StorageUnavailable", f"{uri}: object storage unreachable: {err}")
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound"):
             return StorageError("NotFound", f"{uri}: not found")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
             return StorageError("AccessDenied", f"{uri}: access denied ({code}); check the referenced Secret")
-        return StorageError("StorageUnavailable", f"{uri}: {code or err}")
-    return StorageError("StorageUnavailable", f"{uri}: {err}")
+    if is_transient(err):
+        return StorageError("StorageUnavailable", f"{uri}: object storage not answering after {tries} tries "
+                                                  f"({type(err).__name__}: {err})"[:1000])
+    return StorageError("StorageUnavailable", f"{uri}: {err}"[:1000])
+
+
+def with_retries(operation: Callable[[], T], uri: str) -> T:
+    """Run one S3 operation, trying it again after transient failures (`RETRY_DELAYS_S`, jittered).
+
+    Args:
+        operation: The operation; it must be safe to repeat (whole-object PUTs and GETs are).
+        uri: What it touches, for the error message.
+
+    Returns:
+        What the operation returned.
+
+    Raises:
+        StorageError: A permanent failure at once; a transient one after the last try (StorageUnavailable).
+    """
+    scale = float(os.environ.get(BACKOFF_SCALE_ENV) or 1.0)
+    for tried, delay in enumerate((*RETRY_DELAYS_S, None), start=1):
+        try:
+            return operation()
+        except Exception as err:
+            if delay is None or not is_transient(err):
+                raise _translate(err, uri, tried) from err
+            # Jitter in [d/2, d]: the lower half keeps the guaranteed outage budget, the upper half spreads workers.
+            time.sleep(scale * delay * (0.5 + random.random() / 2))  # noqa: S311 - jitter, not a secret
+    raise AssertionError("unreachable: the last try raises or returns")
 
 
 def read_bytes(uri: str) -> bytes:
@@ -104,11 +216,12 @@ def read_bytes(uri: str) -> bytes:
         except PermissionError:
             raise StorageError("AccessDenied", f"{uri}: permission denied") from None
     loc = parse_s3(uri)
-    try:
+
+    def get() -> bytes:
         body: bytes = s3_client().get_object(Bucket=loc.bucket, Key=loc.key)["Body"].read()
-    except Exception as err:
-        raise _translate(err, uri) from err
-    return body
+        return body
+
+    return with_retries(get, uri)
 
 
 def write_bytes(uri: str, data: bytes) -> None:
@@ -121,10 +234,8 @@ def write_bytes(uri: str, data: bytes) -> None:
         tmp.replace(path)
         return
     loc = parse_s3(uri)
-    try:
-        s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data)  # a PUT replaces atomically
-    except Exception as err:
-        raise _translate(err, uri) from err
+    # A PUT replaces the object atomically: a reader sees the old or the new content, never a part.
+    with_retries(lambda: s3_client().put_object(Bucket=loc.bucket, Key=loc.key, Body=data), uri)
 
 
 def exists(uri: str) -> bool:
@@ -133,12 +244,11 @@ def exists(uri: str) -> bool:
         return Path(uri).is_file()
     loc = parse_s3(uri)
     try:
-        s3_client().head_object(Bucket=loc.bucket, Key=loc.key)
-    except Exception as err:
-        translated = _translate(err, uri)
-        if translated.code == "NotFound":
+        with_retries(lambda: s3_client().head_object(Bucket=loc.bucket, Key=loc.key), uri)
+    except StorageError as err:
+        if err.code == "NotFound":
             return False
-        raise translated from err
+        raise
     return True
 
 
@@ -151,15 +261,15 @@ def list_files(uri: str) -> list[str]:
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
     loc = parse_s3(uri)
     prefix = loc.key.rstrip("/") + "/" if loc.key else ""
-    names: list[str] = []
-    try:
-        paginator = s3_client().get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=loc.bucket, Prefix=prefix):
+
+    def listing() -> list[str]:
+        names: list[str] = []
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=prefix):
             # Keys ending in "/" are directory markers (pyarrow, used by Ray Train, writes them), not files.
             names.extend(obj["Key"][len(prefix) :] for obj in page.get("Contents", []) if not obj["Key"].endswith("/"))
-    except Exception as err:
-        raise _translate(err, uri) from err
-    return sorted(names)
+        return sorted(names)
+
+    return with_retries(listing, uri)
 
 
 def download_dir(uri: str, destination: Path) -> Path:
@@ -176,25 +286,19 @@ def download_dir(uri: str, destination: Path) -> Path:
     for name in files:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            client.download_file(loc.bucket, loc.child(name).key, str(target))
-        except Exception as err:
-            raise _translate(err, join(uri, name)) from err
+        with_retries(partial(client.download_file, loc.bucket, loc.child(name).key, str(target)), join(uri, name))
     return destination
 
 
 def upload_file(path: Path, uri: str) -> None:
-    """Copy one local file to `uri` (managed multipart transfer on S3)."""
+    """Copy one local file to `uri` (managed multipart transfer on S3; a failed try leaves no object behind)."""
     if not is_s3(uri):
         target = Path(uri)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
         return
     loc = parse_s3(uri)
-    try:
-        s3_client().upload_file(str(path), loc.bucket, loc.key)
-    except Exception as err:
-        raise _translate(err, uri) from err
+    with_retries(lambda: s3_client().upload_file(str(path), loc.bucket, loc.key), uri)
 
 
 def upload_dir(source: Path, uri: str) -> list[str]:

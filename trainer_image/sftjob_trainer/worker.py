@@ -26,17 +26,15 @@ from sftjob_trainer.artifacts import (
     publish_dir,
 )
 from sftjob_trainer.errors import is_out_of_memory, out_of_memory
+from sftjob_trainer.faults import KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV, fault_callbacks
 from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
 
-# Fault injection for resilience tests: when set to N, rank 0 SIGKILLs the driver process after
-# optimizer step N, as a lost head node would. Never set in production.
-KILL_DRIVER_AT_STEP_ENV = "SFTJOB_FAULT_KILL_DRIVER_AT_STEP"
-# Fault injection: when set to N, rank 0's allocator "fails" at the start of optimizer step N (the error
-# torch raises when memory runs out), to prove the path from a worker OOM to progress.json. Never set in production.
-OOM_AT_STEP_ENV = "SFTJOB_FAULT_OOM_AT_STEP"
 # Steps in the sliding window of the tokens/s figure (recent throughput, not the run's average).
 THROUGHPUT_WINDOW = 20
+# progress.json messages of rank 0 before its first step: they account for a worker's start-up time.
+WORKER_LOADING_MODEL = "worker started; loading the model"
+WORKER_BUILDING_TRAINER = "model loaded; building the trainer"
 
 
 def build_collator(batching: str, pad_token_id: int) -> Any:
@@ -306,6 +304,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if rank == 0:
         writer = ProgressWriter(config["output_uri"], config["attempt"])
         writer.state = writer.state.model_validate(config["progress"])
+        writer.update(force=True, message=WORKER_LOADING_MODEL)
     set_seed(spec.hyperparameters.seed)
     # Ray limits a worker's OpenMP pool to its CPU reservation; make torch use exactly that many threads.
     torch.set_num_threads(config["cpus_per_worker"])
@@ -322,6 +321,8 @@ def train_loop(config: dict[str, Any]) -> None:
         base_answers = generate_answers(model.to(device), tokenizer, [s["prompt_ids"] for s in config["samples"]],
                                         spec.evaluation.max_new_tokens, config["stop_token_ids"])
     model = apply_method(model, spec.method, str(model_dir), args["gradient_checkpointing"])
+    if writer is not None:
+        writer.update(force=True, message=WORKER_BUILDING_TRAINER)
     counter = TokenCounter()
     model.register_forward_pre_hook(counter, with_kwargs=True)
     with tempfile.TemporaryDirectory(prefix="sftjob-") as tmp:
@@ -330,6 +331,7 @@ def train_loop(config: dict[str, Any]) -> None:
             make_progress_callback(writer, counter, config["checkpoints_uri"],
                                    [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]],
                                    config["base_tokens"], config["kill_driver"], config.get("oom_at_step")),
+            *fault_callbacks(config.get("kill_worker"), rank),
         ]
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
