@@ -56,6 +56,22 @@ class S3Server:
         return f"s3://{name}"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The prepared-data cache of this test run (`SFTJOB_DATA_CACHE`), never the user's ~/.cache/sftjob.
+
+    Set before any Ray cluster starts, so Ray workers and subprocesses inherit it.
+    """
+    path = tmp_path_factory.mktemp("data-cache")
+    before = os.environ.get("SFTJOB_DATA_CACHE")
+    os.environ["SFTJOB_DATA_CACHE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("SFTJOB_DATA_CACHE", None)
+    else:
+        os.environ["SFTJOB_DATA_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def s3_server() -> Iterator[S3Server]:
     """moto's S3 server as a real HTTP endpoint on 127.0.0.1 (one per test run)."""
