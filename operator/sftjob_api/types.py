@@ -659,6 +659,10 @@ class ResolvedSettings(ApiModel):
     attention: Name | None = None
     """Attention implementation, e.g. `sdpa`, `flash_attention_2`."""
 
+    kernels: Name | None = None
+    """Fused training kernels: `liger` (Liger's Triton kernels, chosen on CUDA when liger-kernel is
+    installed) or `none`."""
+
     chat_template: Name | None = None
     """The template that rendered conversations: `tokenizer`, a named template or `inline`."""
 

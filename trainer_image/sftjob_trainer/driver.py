@@ -28,8 +28,9 @@ from sftjob_trainer.artifacts import (
     write_manifest,
 )
 from sftjob_trainer.config import JobContext
+from sftjob_trainer.device_defaults import DeviceDefaults, device_defaults
 from sftjob_trainer.errors import TrainerError
-from sftjob_trainer.hparams import Device, Plan, resolve, training_arguments
+from sftjob_trainer.hparams import Device, Plan, precision, resolve, training_arguments
 from sftjob_trainer.local_ray import ControlPlanePriority, init_ray
 from sftjob_trainer.methods import check_device, is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
@@ -184,22 +185,24 @@ def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) ->
     # Prompt tuning prepends virtual tokens to every row, so one packed row would share one prompt.
     batching = "packed" if spec.dataset.packing and spec.method.type != "prompt_tuning" else "length_grouped"
     rows, _ = sequences(prepared)
-    plan = resolve(spec, Device(cuda=cuda, bf16=cuda), count_params(model_dir, spec), len(rows),
+    device = Device(cuda=cuda, bf16=cuda)
+    choices = device_choices(spec, device, batching)
+    plan = resolve(spec, device, count_params(model_dir, spec), len(rows),
                    max_seq_length=prepared.max_seq_length, batching=batching, chat_template=prepared.chat_template,
-                   attention=attention_for(batching))
+                   attention=choices.attention, kernels=choices.kernels)
     return plan, batching
 
 
-def attention_for(batching: str) -> str:
-    """The attention implementation for a batching mode.
+def device_choices(spec: Any, device: Device, batching: str) -> DeviceDefaults:
+    """The attention implementation and fused kernels for this device (`sftjob_trainer.device_defaults`).
 
-    Packed rows use per-example (varlen) SDPA: attention work is the sum of the squared example lengths
-    instead of the squared row length, and no mask is materialised (bench/RESULTS.md measures it against
-    the stock masked SDPA). Padded batches use stock SDPA with their padding mask.
+    Packed rows use per-example (varlen) attention: attention work is the sum of the squared example
+    lengths instead of the squared row length, and no mask is materialised (bench/RESULTS.md measures
+    it against the stock masked SDPA) — flash-attention's varlen kernel on CUDA when installed, else our
+    varlen SDPA. Padded batches use stock SDPA with their padding mask. Liger's kernels on CUDA when
+    installed. Packages are looked up in the driver's environment: it runs from the workers' image.
     """
-    from sftjob_trainer.attention import VARLEN_ATTENTION
-
-    return VARLEN_ATTENTION if batching == "packed" else "sdpa"
+    return device_defaults(device.cuda, batching, precision(spec, device))
 
 
 def _worker_error(err: BaseException) -> TrainerError | None:

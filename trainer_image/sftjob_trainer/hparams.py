@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sftjob_api.types import ResolvedSettings, SFTJobSpec
+from sftjob_trainer.device_defaults import LIGER
 from sftjob_trainer.errors import TrainerError
 
 # Peak learning rates by method when unset (SFT practice: adapters tolerate ~10x the full-FT rate;
@@ -94,7 +95,7 @@ def precision(spec: SFTJobSpec, device: Device) -> str:
 
 def resolve(spec: SFTJobSpec, device: Device, num_params: int, num_train_sequences: int, *,
             max_seq_length: int | None = None, batching: str | None = None, chat_template: str | None = None,
-            attention: str = "sdpa") -> Plan:
+            attention: str = "sdpa", kernels: str | None = None) -> Plan:
     """Resolve the hyperparameters of a job.
 
     Args:
@@ -106,6 +107,7 @@ def resolve(spec: SFTJobSpec, device: Device, num_params: int, num_train_sequenc
         batching: `packed` or `length_grouped`.
         chat_template: Which template rendered the data.
         attention: The attention implementation.
+        kernels: The fused kernels (`liger` or `none`, from `sftjob_trainer.device_defaults`).
 
     Returns:
         The plan.
@@ -136,6 +138,7 @@ def resolve(spec: SFTJobSpec, device: Device, num_params: int, num_train_sequenc
         max_seq_length=max_seq_length,
         batching=batching,
         attention=attention,
+        kernels=kernels,
         chat_template=chat_template,
         total_steps=total,
         device=device.name,
@@ -193,6 +196,7 @@ def training_arguments(spec: SFTJobSpec, plan: Plan, output_dir: str) -> dict[st
         "fp16": r.precision == "fp16",
         "use_cpu": r.device == "cpu",
         "gradient_checkpointing": bool(r.gradient_checkpointing),
+        "use_liger_kernel": r.kernels == LIGER,
         "logging_steps": hp.log_interval,
         "logging_first_step": True,
         # Local copies only stage a checkpoint until Ray Train persists it; Ray's CheckpointConfig keeps `keep`.
