@@ -1,6 +1,7 @@
 """Operator faults: the operator process killed at random points of job lives, and RayJobs deleted by hand.
 
-The kill test runs the real operator (`python -m sftjob_operator`, a child process) against the realistic
+The kill test runs the real operator (`python -m sftjob_operator`'s main() in child processes, each forked
+from one that imported the operator once: `OperatorProcess(zygote=True)`) against the realistic
 emulator fed the real CRDs, with progress.json and manifest.json in moto's S3 server read through the
 job's output Secret. The test plays KubeRay and the trainer through a whole job life: Initializing,
 Running with checkpoints, a node lost (attempt 1 fails without a trainer report), attempt 2 resuming,
@@ -14,7 +15,8 @@ taken just before it is applied (the emulator refuses it: it never lands) or jus
 life gets a seeded random one of them, the emulator SIGKILLs the process there (`RealisticEmulator.trip`),
 and a new process starts after a random pause while the life goes on. Each life must then end with
 exactly one RayJob create per attempt, a final status that matches the RayJobs and progress.json, and
-a status history (every stored version of the SFTJob) in which nothing went backwards.
+a status history (every stored version of the SFTJob) in which nothing went backwards. Lives run three
+at a time, each in a namespace of its own watched by an operator of its own (`SFTJOB_WATCH_NAMESPACES`).
 """
 
 from __future__ import annotations
@@ -214,7 +216,7 @@ class Lane:
     def __init__(self, index: int, k8s: Any, log: Path, rng: random.Random) -> None:
         self.ns = f"kills-{index}"
         self.rng = rng
-        self.operator = OperatorProcess(k8s.kubeconfig, log, warm_spare=True, SFTJOB_WATCH_NAMESPACES=self.ns,
+        self.operator = OperatorProcess(k8s.kubeconfig, log, zygote=True, SFTJOB_WATCH_NAMESPACES=self.ns,
                                         SFTJOB_PROGRESS_INTERVAL_SECONDS=str(INTERVAL_S))
         self.killed = asyncio.Event()
         self.loop = asyncio.get_running_loop()

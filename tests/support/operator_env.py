@@ -14,6 +14,7 @@ import contextlib
 import functools
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -440,82 +441,114 @@ class OperatorThread:
             self._failure = err
 
 
-# A spare operator process imports everything first, then waits for a line on stdin before running
-# `python -m sftjob_operator`'s main(): a restart then costs Kopf's start, not the imports (~1.5 s here).
-_SPARE = """
-import sys
-import boto3, kopf, kubernetes, pydantic  # noqa: F401  (the heavy imports, before the go signal)
+# A zygote imports the operator once, then forks one child per line on stdin (the line holds the
+# child's arguments) and answers its pid: each child runs `python -m sftjob_operator`'s main() in a
+# process of its own, started in milliseconds instead of the ~1.5 s of CPU the imports cost.
+_ZYGOTE = """
+import os, signal, sys
+import boto3, kopf, kubernetes, pydantic  # noqa: F401  (the heavy imports, once)
 import sftjob_operator.handlers, sftjob_operator.kube  # noqa: F401
 from sftjob_operator.__main__ import main
-sys.stdin.readline()
-sys.exit(main(sys.argv[1:]))
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # the kernel reaps the children
+for line in sys.stdin:
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        os.dup2(2, 1)  # the child's output goes to the log, not to the pid pipe
+        os._exit(main(line.split()))
+    print(pid, flush=True)
 """
 
 
 class OperatorProcess:
-    """`python -m sftjob_operator`'s main() in a child process pointed at the emulator: a real process to SIGKILL.
+    """`python -m sftjob_operator` in a child process pointed at the emulator: a real process to SIGKILL.
 
     The environment is the one the Helm chart sets (SFTJOB_* variables) plus KUBECONFIG; the
     liveness endpoint takes a free port. Output goes to `log` (appended across restarts). With
-    `warm_spare`, the next process is always started ahead and waits, imports done, until `start()`
-    lets it run: what a restart measures is then the operator's own recovery.
+    `zygote`, each process is forked from a process that imported the operator once (see `_ZYGOTE`),
+    so that restarting after a kill costs the operator's own recovery, not Python's imports.
     """
 
-    def __init__(self, kubeconfig: Path, log: Path, *, warm_spare: bool = False, **env: str) -> None:
+    def __init__(self, kubeconfig: Path, log: Path, *, zygote: bool = False, **env: str) -> None:
         self.kubeconfig = kubeconfig
         self.log = log
         self.env = env
-        self.warm_spare = warm_spare
-        self.process: Any = None
-        self._spare: Any = None
         self.starts = 0
+        self._zygote: Any = None
+        self._popen: Any = None
+        self._process: Any = None  # psutil.Process of the running operator
+        if zygote:
+            self._zygote = self._spawn([sys.executable, "-c", _ZYGOTE], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
 
-    def _spawn(self) -> Any:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+    def _spawn(self, command: list[str], **pipes: Any) -> Any:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "SFTJOB_METRICS_PORT": "0", **self.env}
         with self.log.open("ab") as log:
-            return subprocess.Popen(
-                [sys.executable, "-c", _SPARE, "--liveness", f"http://127.0.0.1:{port}/healthz"],
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            pipes.setdefault("stdout", log)
+            return subprocess.Popen(command, env=env, stderr=log, **pipes)
 
     def start(self) -> OperatorProcess:
         """Start a new operator process (the previous one must have ended)."""
-        if self.process is not None and self.process.poll() is None:
+        import psutil
+
+        if self.running:
             raise RuntimeError("the previous operator process is still running")
-        self.process = self._spare or self._spawn()
-        self._spare = self._spawn() if self.warm_spare else None
-        self.process.stdin.write(b"go\n")
-        self.process.stdin.close()
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        args = ["--liveness", f"http://127.0.0.1:{port}/healthz"]
+        if self._zygote is not None:
+            self._zygote.stdin.write((" ".join(args) + "\n").encode())
+            self._zygote.stdin.flush()
+            pid = int(self._zygote.stdout.readline())
+        else:
+            self._popen = self._spawn([sys.executable, "-m", "sftjob_operator", *args])
+            pid = self._popen.pid
+        self._process = psutil.Process(pid)
         self.starts += 1
         return self
 
     @property
     def pid(self) -> int:
         """The running process's id."""
-        return int(self.process.pid)
+        return int(self._process.pid)
+
+    @property
+    def running(self) -> bool:
+        """Whether an operator process is running."""
+        import psutil
+
+        if self._process is None:
+            return False
+        try:
+            return bool(self._process.is_running() and self._process.status() != psutil.STATUS_ZOMBIE)
+        except psutil.NoSuchProcess:
+            return False
 
     def kill(self) -> None:
-        """SIGKILL the running process (no cleanup of any kind runs) and reap it."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
+        """SIGKILL the running process (no cleanup of any kind runs) and wait until it is gone."""
+        self._end(signal.SIGKILL)
 
     def stop(self) -> None:
-        """SIGTERM (Kopf's graceful stop) the running process, SIGKILL it after 15 s; SIGKILL the spare."""
-        if self._spare is not None:
-            self._spare.kill()
-            self._spare.wait()
-            self._spare = None
-        if self.process is None or self.process.poll() is not None:
+        """SIGTERM (Kopf's graceful stop) the running process, SIGKILL it after 15 s; end the zygote."""
+        self._end(signal.SIGTERM)
+        if self._zygote is not None:
+            self._zygote.kill()
+            self._zygote.wait()
+            self._zygote = None
+
+    def _end(self, signum: int) -> None:
+        import psutil
+
+        if not self.running:
             return
-        self.process.terminate()
         try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.kill()
+            self._process.send_signal(signum)
+            if self._popen is not None:
+                self._popen.wait(timeout=15)
+            else:
+                self._process.wait(timeout=15)
+        except (psutil.TimeoutExpired, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait(timeout=15)
+        except psutil.NoSuchProcess:
+            pass
