@@ -90,14 +90,14 @@ async def run(jobs: int, interval: float, train_seconds: float, concurrency: int
         api = Api(kubeconfig)
         pool = ThreadPoolExecutor(max_workers=concurrency)
 
+        for namespace in (WATCHED, RAW):
+            await api.create_namespace(namespace)
         raw_s = await _create_all(api, [_job(f"raw-{i}", RAW, str(out_root)) for i in range(jobs)], pool)
         print(f"raw creates: {jobs} SFTJobs in {raw_s:.2f} s ({jobs / raw_s:.1f}/s, concurrency {concurrency})")
-        # The emulator cannot list namespaces (Kopf's namespaced mode needs it): the operator watches all
-        # namespaces, so the raw jobs go before it starts.
-        await asyncio.gather(*(api.delete_sftjob(RAW, f"raw-{i}") for i in range(jobs)))
 
-        settings = Settings(progress_interval_seconds=interval, metrics_port=0)
-        async with run_operator(settings):
+        # The operator watches its namespace only (as SFTJOB_WATCH_NAMESPACES would set it): the raw jobs stay.
+        settings = Settings(progress_interval_seconds=interval, metrics_port=0, watch_namespaces=(WATCHED,))
+        async with run_operator(settings, namespaces=(WATCHED,)):
             started = time.perf_counter()
             await _create_all(api, [_job(f"job-{i}", WATCHED, str(out_root)) for i in range(jobs)], pool)
             while (ready := await _count_ready(api)) < jobs:
