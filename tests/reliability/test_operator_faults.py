@@ -1,4 +1,4 @@
-"""Operator faults: the operator process killed at random points of job lives, and RayJobs deleted by hand.
+"""Operator faults: the operator process killed at random points of job lives, RayJobs deleted by hand, API errors.
 
 The kill test runs the real operator (`python -m sftjob_operator`'s main() in child processes, each forked
 from one that imported the operator once: `OperatorProcess(zygote=True)`) against the realistic
@@ -432,3 +432,35 @@ async def test_rayjob_deleted_after_success_changes_nothing(k8s: Any, api: Api, 
     assert [w for w in k8s.writes[writes:] if w.plural in ("rayjobs", "sftjobs")] == []
     assert ((await api.get_sftjob(ns, name)) or {}).get("status") == done
     assert await api.list_rayjobs(ns, f"sftjob.dev/name={name}") == []
+
+
+# ------------------------------------------------------------------------------------------ API server faults
+
+
+@pytest.mark.scenario(AREA, "API server answers 500/503 and 409 (RealisticEmulator.inject_fault) on the operator's "
+                      "RayJob creates, status patches, finalizer patch and events through a whole job life → "
+                      "retried: one RayJob create per attempt, the final status matches the RayJobs and progress.json")
+async def test_api_server_faults_through_a_job_life(k8s: Any, api: Api, operator: Any, s3_server: Any) -> None:
+    ns, name = "ml", "bumpy"
+    k8s.keep_bodies.add("sftjobs")
+    bucket = s3_server.create_bucket("sft-bumpy")
+    s3 = s3_server.client()
+    await api.create_secret(ns, "s3-creds", {
+        "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_ENDPOINT_URL": s3_server.endpoint, "AWS_REGION": "us-east-1"})
+    faults = [
+        k8s.inject_fault("create", "rayjobs", status=503, times=2),
+        k8s.inject_fault("update", "sftjobs", status=500, times=1),  # Kopf's finalizer/annotation patch
+        k8s.inject_fault("update", "sftjobs", subresource="status", status=409, times=2),
+        k8s.inject_fault("update", "sftjobs", subresource="status", status=503, times=2),
+        k8s.inject_fault("create", "events", status=503, times=2),
+    ]
+    await operator()
+    await live(api, s3, bucket, ns, name)
+    creates = Counter(w.name for w in k8s.writes if w.plural == "rayjobs" and w.action == "CREATE")
+    problems = await judge(api, s3, bucket, ns, Life(name, None), creates)
+    history = [(w.body or {}).get("status") or {} for w in k8s.writes if w.plural == "sftjobs" and w.name == name
+               and w.body is not None]
+    assert problems == []
+    assert regressions(history) == []
+    assert [f.times for f in faults] == [0] * len(faults)  # every fault was met
