@@ -1,6 +1,8 @@
 """Trained tokens per second of sftjob's default training path against three baselines, in one run.
 
     python bench/train_throughput.py [--scale full|tiny] [--configs A,A2,B,ours] [--out DIR] [--write-results]
+    python bench/train_throughput.py --gpu-suite [--write-results]     # on a lent H100 (or any CUDA GPU)
+    python bench/train_throughput.py --gpu-suite --tiny-shapes         # the GPU suite's code, shrunk, on CPU
 
 Baselines (as in ../shared/reference/perf-calibration, same model, data and trained tokens):
   A   the seed recipe: HF Trainer, prompt masked, dynamic padding, batch 8, random order
@@ -14,6 +16,14 @@ all tokens/s, padding, peak memory, losses, gradient norm and useful MFU = k·N�
 / peak, with the CPU peak measured by a dense matmul in this run (GPU: the datasheet's bf16 peak).
 It exits 1 when held-out losses disagree by more than 2% with A's (a fast run that learns less is
 not fast) — never because of speed.
+
+--gpu-suite (bench/gpu_suite.py): Llama-3.2-1B- and Qwen2.5-0.5B-shaped models built from their
+configs, 2048-token packed rows of synthetic long-tailed data, LoRA and full fine-tuning with and
+without Liger, each through sftjob's own trainer: tokens/s/GPU, MFU (6·N or, for LoRA, 4·N on the
+frozen weights, against the H100 SXM bf16 datasheet peak; with the causal attention term beside it)
+and peak GPU memory. Without CUDA it prints `skipped: no CUDA device` and exits 0; --tiny-shapes
+runs the same code on CPU with shrunken shapes (the smoke test). --write-results replaces only its
+own section of bench/RESULTS.md, and only from a CUDA run at full shapes.
 """
 
 from __future__ import annotations
@@ -265,8 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--configs", default=",".join(CONFIGS))
     parser.add_argument("--out", type=Path, default=HERE / ".work")
     parser.add_argument("--write-results", action="store_true", help="write bench/RESULTS.md and throughput.png")
+    parser.add_argument("--gpu-suite", action="store_true", help="the GPU suite (bench/gpu_suite.py)")
+    parser.add_argument("--tiny-shapes", action="store_true", help="with --gpu-suite: shrunken shapes, CPU is fine")
+    parser.add_argument("--checkpointing", choices=("auto", "on", "off"), default="off",
+                        help="with --gpu-suite: gradient checkpointing of every row")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.gpu_suite:
+        sys.path.insert(0, str(HERE.parent))  # run as a script: make `bench` importable
+        from bench.gpu_suite import run_suite
+
+        return run_suite(args.out, args.tiny_shapes, args.write_results, args.checkpointing)
     assets = args.out / f"assets-{args.scale}"
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, assets, args.out / args.one)), flush=True)
@@ -324,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
             *[f"- {r}" for r in ratios],
             "",
         ]
-        (HERE / "RESULTS.md").write_text("\n".join(lines))
+        # Other benches own the sections after this table (`## ...`): keep them.
+        path = HERE / "RESULTS.md"
+        old = path.read_text() if path.exists() else ""
+        others = old[old.find("\n## "):] if "\n## " in old else ""
+        path.write_text("\n".join(lines).rstrip() + "\n" + others)
         _plot(rows, HERE / "throughput.png")
     if disagree:
         print(f"held-out losses of {disagree} differ from A's by more than {LOSS_TOLERANCE:.0%}", file=sys.stderr)

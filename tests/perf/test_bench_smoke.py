@@ -37,3 +37,83 @@ def test_ray_overhead_tiny(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| plain | 1 |" in result.stdout and "| ray | 1 |" in result.stdout
     assert "`ray.init()` alone in a fresh process:" in result.stdout
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip().strip("|").split("|")]
+
+
+@pytest.mark.slow
+def test_gpu_suite_tiny_shapes_on_cpu(tmp_path: Path) -> None:
+    """The GPU suite's own code (assets, our trainer per row, timing, MFU, table) at shrunken shapes on CPU."""
+    import importlib.util
+    import math
+
+    import torch
+
+    from sftjob_trainer.device_defaults import device_defaults
+
+    cuda = torch.cuda.is_available()
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--gpu-suite", "--tiny-shapes",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = {tuple(_cells(line)[:3]): _cells(line) for line in result.stdout.splitlines()
+            if line.startswith("| ") and "-tiny |" in line}
+    liger = importlib.util.find_spec("liger_kernel") is not None
+    attention = device_defaults(cuda, "packed", "bf16" if cuda else "fp32").attention  # sftjob_varlen_sdpa on CPU
+    for shape in ("llama-3.2-1b-tiny", "qwen2.5-0.5b-tiny"):
+        for method in ("lora", "full"):
+            off = rows[(shape, method, "off")]
+            assert off[3] == attention
+            tok_s, mfu, mfu_attn, memory = (float(off[4]), float(off[5].rstrip("%")), float(off[6].rstrip("%")),
+                                            float(off[7]))
+            for value in (tok_s, mfu, mfu_attn, memory, float(off[8])):
+                assert math.isfinite(value) and value > 0, off
+            assert mfu_attn > mfu  # the attention term adds to the weights' FLOPs
+            on = rows[(shape, method, "on")]
+            assert liger or on[3] == "skipped: liger_kernel not installed"
+    device = next(line for line in result.stdout.splitlines() if line.startswith("device: "))
+    assert cuda or " CPU, " in device  # the table names the device it measured
+
+
+def test_gpu_suite_skips_without_cuda(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a CUDA device is present: without --tiny-shapes the suite would train the 1B-class models")
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "train_throughput.py"), "--gpu-suite", "--write-results",
+         "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.startswith("skipped: no CUDA device")
+    assert not (tmp_path / "gpu-suite-full").exists()
+
+
+def test_gpu_suite_figures() -> None:
+    """MFU arithmetic on a hand-computed row."""
+    from bench.gpu_suite import figures
+
+    row = {"method": "lora", "params": 100, "trainable": 10, "tokens": 1000, "wall_s": 2.0, "layers": 2,
+           "hidden": 4, "squares": 100}
+    # LoRA: 4 FLOPs per frozen parameter + 6 per adapter parameter per token, 500 tokens/s.
+    # Attention: 12·L·d·ΣLᵢ²/2 per 2 s = 12·2·4·100/2/2.
+    assert figures(row, 1e6) == {"tok_s": 500.0, "mfu": (4 * 90 + 6 * 10) * 500 / 1e6,
+                                 "mfu_attn": ((4 * 90 + 6 * 10) * 500 + 2400) / 1e6}
+    assert figures({**row, "method": "full"}, 1e6)["mfu"] == 6 * 100 * 500 / 1e6
+
+
+def test_gpu_suite_writes_only_its_section(tmp_path: Path) -> None:
+    from bench.gpu_suite import SECTION, _write_section
+
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# Training throughput\n\n| cpu |\n\n## Ray overhead (x)\n\n| ray |\n")
+    _write_section(path, ["| first |"])
+    _write_section(path, ["| second |"])
+    text = path.read_text()
+    assert text.count(SECTION) == 1 and "| second |" in text and "| first |" not in text
+    assert "| cpu |" in text and "## Ray overhead (x)\n\n| ray |" in text
