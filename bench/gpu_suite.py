@@ -102,6 +102,18 @@ def tiny(shape: Shape) -> Shape:
                    vocab=1024, max_positions=512)
 
 
+def model_config(shape: Shape, **token_ids: Any) -> Any:
+    """The transformers config of `shape` (tied embeddings), with the tokenizer's special token ids."""
+    from transformers import AutoConfig
+
+    return AutoConfig.for_model(
+        shape.family, vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
+        num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
+        max_position_embeddings=shape.max_positions, rope_theta=shape.rope_theta, tie_word_embeddings=True,
+        **token_ids,
+    )
+
+
 def _text_for(tokenizer: Any, stream: Any, target: int) -> str:
     """Text of `target` tokens (±1 where the cut merges differently), cut at a token boundary."""
     text = ""
@@ -120,7 +132,7 @@ def build_assets(out: Path, scale: SuiteScale, shapes: tuple[Shape, ...], seed: 
     """
     import torch
     from bench.assets import _chunks, _lexicon
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from sftjob_trainer.tiny import build_tokenizer
 
@@ -135,13 +147,8 @@ def build_assets(out: Path, scale: SuiteScale, shapes: tuple[Shape, ...], seed: 
         target = out / shape.name
         if (target / "model.safetensors").exists():
             continue
-        config = AutoConfig.for_model(
-            shape.family, vocab_size=shape.vocab, hidden_size=shape.hidden, intermediate_size=shape.intermediate,
-            num_hidden_layers=shape.layers, num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads,
-            max_position_embeddings=shape.max_positions, rope_theta=shape.rope_theta, tie_word_embeddings=True,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
-        )
+        config = model_config(shape, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                              pad_token_id=tokenizer.pad_token_id)
         torch.manual_seed(seed)
         with torch.device("cuda" if cuda else "cpu"):
             model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16 if cuda else torch.float32)

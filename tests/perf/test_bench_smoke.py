@@ -117,3 +117,19 @@ def test_gpu_suite_writes_only_its_section(tmp_path: Path) -> None:
     text = path.read_text()
     assert text.count(SECTION) == 1 and "| second |" in text and "| first |" not in text
     assert "| cpu |" in text and "## Ray overhead (x)\n\n| ray |" in text
+
+
+def test_gpu_suite_shapes_match_the_real_models() -> None:
+    """The configs the GPU suite builds have exactly the published parameter counts (on the meta device)."""
+    import torch
+    from bench.gpu_suite import SHAPES, model_config
+    from transformers import AutoModelForCausalLM
+
+    counts = {}
+    for shape in SHAPES:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config(shape))
+        counts[shape.name] = (type(model).__name__, sum(p.numel() for p in model.parameters()))
+    # Llama-3.2-1B: 1.24B with its 128256 x 2048 embedding tied; Qwen2.5-0.5B: 0.49B, tied.
+    assert counts == {"llama-3.2-1b": ("LlamaForCausalLM", 1_235_814_400),
+                      "qwen2.5-0.5b": ("Qwen2ForCausalLM", 494_032_768)}
