@@ -771,6 +771,9 @@ class CheckpointRef(ApiModel):
     eval_loss: float | None = None
     """Evaluation loss at that step, if evaluated."""
 
+    trained_tokens: int | None = Field(default=None, ge=0)
+    """Loss-bearing tokens trained up to that step; a run resumed from the checkpoint counts on from it."""
+
 
 class OutputStatus(ApiModel):
     """The artifacts; filled only once `manifest.json` exists."""

@@ -374,16 +374,12 @@ def test_worker_killed_mid_step_resumes_from_last_checkpoint(killed_worker_run: 
 
 
 @pytest.mark.scenario(AREA, KILL_SCENARIO)
-@pytest.mark.xfail(strict=True, reason="worker.py ProgressCallback.on_save: the restarted rank 0 starts from the "
-                   "driver's checkpoint list, so it labels the checkpoint it resumed from with the current step")
 def test_worker_killed_progress_keeps_checkpoint_steps(killed_worker_run: dict[str, Any]) -> None:
     assert killed_worker_run["progress"] is not None
     assert [c.step for c in killed_worker_run["progress"].checkpoints] == [2, 4, 6]
 
 
 @pytest.mark.scenario(AREA, KILL_SCENARIO)
-@pytest.mark.xfail(strict=True, reason="worker.py: the restarted rank 0 counts trained tokens from the driver's "
-                   "base (tokens of the steps before the restart are lost)")
 def test_worker_killed_progress_keeps_trained_tokens(killed_worker_run: dict[str, Any]) -> None:
     progress = killed_worker_run["progress"]
     assert progress is not None and progress.dataset is not None
@@ -557,10 +553,6 @@ def test_attempt_after_a_checkpoint_outage_finishes(checkpoint_outage_runs: dict
 
 
 @pytest.mark.scenario(AREA, CHECKPOINT_OUTAGE)
-@pytest.mark.xfail(strict=True, reason="worker.py latest_persisted_checkpoint trusts any checkpoint_*/ holding "
-                   "trainer_state.json, including an upload that failed and Ray never registered; where the "
-                   "directory lists trainer_state.json before optimizer.pt the resume silently skips the missing "
-                   "optimizer and scheduler state")
 def test_attempt_after_a_checkpoint_outage_resumes_from_a_registered_checkpoint(
         checkpoint_outage_runs: dict[str, Any]) -> None:
     out = checkpoint_outage_runs["out"]

@@ -37,6 +37,9 @@ from sftjob_trainer.reporting import ProgressWriter, read_metrics
 
 # Seconds to wait for rank 0's export digests after fit() returned (they are put before the worker exits).
 EXPORT_TIMEOUT_S = 60
+# Tries of one checkpoint upload request (s3_filesystem): over 3x pyarrow's default of 3, bounded per try by
+# storage.CONNECT_TIMEOUT_S + READ_TIMEOUT_S, so a dead endpoint fails the attempt in minutes, not never.
+CHECKPOINT_UPLOAD_ATTEMPTS = 10
 # Offset of the eval-sample choice from the job seed, so it does not mirror the validation split's shuffle.
 SAMPLE_SEED_OFFSET = 1
 
@@ -62,6 +65,12 @@ def s3_filesystem() -> Any:
     endpoint = os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3")
     kwargs: dict[str, Any] = {
         "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1",
+        # pyarrow's default (3 attempts, the SDK's 1 s connect / 3 s request timeouts) survives only a blip;
+        # a cut snapshot write ends the Ray Train controller, which max_failures does not retry. The SDK's
+        # standard strategy backs off exponentially between attempts; see CHECKPOINT_UPLOAD_ATTEMPTS.
+        "retry_strategy": fs.AwsStandardS3RetryStrategy(max_attempts=CHECKPOINT_UPLOAD_ATTEMPTS),
+        "connect_timeout": storage.CONNECT_TIMEOUT_S,
+        "request_timeout": storage.READ_TIMEOUT_S,
     }
     if os.environ.get("AWS_ACCESS_KEY_ID"):
         kwargs["access_key"] = os.environ["AWS_ACCESS_KEY_ID"]

@@ -68,7 +68,9 @@ class ProgressWriter:
         uri = storage.join(self.output_uri, PROGRESS_FILE)
         try:
             return ProgressFile.model_validate_json(storage.read_bytes(uri))
-        except storage.StorageError:
+        except storage.StorageError as err:
+            if err.code != "NotFound":
+                raise  # an outage must not pass for a first run: that would drop the checkpoints listed there
             return None
         except ValueError:
             return None
@@ -137,7 +139,9 @@ class ProgressWriter:
             uri = storage.join(self.output_uri, METRICS_FILE)
             try:
                 self._metric_lines = storage.read_bytes(uri).decode().splitlines()
-            except storage.StorageError:
+            except storage.StorageError as err:
+                if err.code != "NotFound":
+                    raise  # an unreadable history must not be overwritten as if there were none
                 self._metric_lines = []
         return self._metric_lines
 
@@ -162,7 +166,9 @@ def read_metrics(output_uri: str) -> list[dict[str, Any]]:
     """The records of `<output>/metrics.jsonl` (empty when there is none)."""
     try:
         text = storage.read_bytes(storage.join(output_uri, METRICS_FILE)).decode()
-    except storage.StorageError:
+    except storage.StorageError as err:
+        if err.code != "NotFound":
+            raise
         return []
     return [json.loads(line) for line in text.splitlines() if line.strip()]
 

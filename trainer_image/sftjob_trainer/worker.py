@@ -95,7 +95,6 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
             self.tokens = base_tokens
             self.window: deque[tuple[float, int]] = deque(maxlen=THROUGHPUT_WINDOW)
             self.checkpoints = list(known_checkpoints)
-            self.seen_dirs = {ref.uri for ref in known_checkpoints}
             self.last_eval_loss: float | None = None
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
@@ -153,14 +152,18 @@ def make_progress_callback(writer: ProgressWriter | None, counter: TokenCounter,
                           metrics=merge_metrics(writer.state.metrics, metrics_from_log(logs)))
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # Runs after RayTrainReportCallback.on_save, which has persisted the checkpoint.
+            # Runs after RayTrainReportCallback.on_save, which has persisted the checkpoint: the directory
+            # it just wrote is the newest (Ray names them checkpoint_<timestamp>). Older unknown ones are
+            # uploads that failed part-way and that Ray never registered: never listed, never resumed from.
             if writer is None:
                 return
             dirs = {name.split("/", 1)[0] for name in storage.list_files(checkpoints_uri)
                     if name.startswith("checkpoint_") and "/" in name}  # directories, not Ray's snapshot file
-            for new in sorted(dirs - {ref.uri.rsplit("/", 1)[-1] for ref in self.checkpoints}):
-                self.checkpoints.append(CheckpointRef(step=state.global_step, uri=storage.join(checkpoints_uri, new),
-                                                      eval_loss=self.last_eval_loss))
+            unknown = dirs - {ref.uri.rsplit("/", 1)[-1] for ref in self.checkpoints}
+            if unknown:
+                self.checkpoints.append(CheckpointRef(step=state.global_step,
+                                                      uri=storage.join(checkpoints_uri, max(unknown)),
+                                                      eval_loss=self.last_eval_loss, trained_tokens=self.tokens))
             alive = [ref for ref in self.checkpoints if ref.uri.rsplit("/", 1)[-1] in dirs]
             self.checkpoints = alive
             writer.update(force=True, checkpoints=alive)
@@ -241,38 +244,37 @@ def run_training(trainer: Any, resume: str | None) -> None:
         raise
 
 
-def latest_persisted_checkpoint(checkpoints_uri: str) -> str | None:
-    """The newest complete checkpoint under the run's storage (highest Trainer step), if any.
+def registered_checkpoints(config: dict[str, Any]) -> list[CheckpointRef]:
+    """The checkpoints progress.json lists now: complete ones only.
 
-    Ray Train restores from its run snapshot, which the controller writes after a report; a driver
-    killed right after a checkpoint upload can leave the snapshot one checkpoint behind. Checkpoint
-    directories themselves are the ground truth.
+    Rank 0 lists a checkpoint only after Ray Train persisted and registered it. A worker group that
+    Ray restarted within an attempt finds there what its predecessor saved; the attempt's start
+    (the config's list) is the fallback when progress.json holds another attempt.
     """
-    import json
-
-    best: tuple[int, str] | None = None
-    for name in storage.list_files(checkpoints_uri):
-        parts = name.split("/")
-        if len(parts) == 3 and parts[0].startswith("checkpoint_") and parts[2] == "trainer_state.json":
-            state = json.loads(storage.read_bytes(storage.join(checkpoints_uri, name)))
-            step = int(state.get("global_step", 0))
-            if best is None or step > best[0]:
-                best = (step, parts[0])
-    return storage.join(checkpoints_uri, best[1]) if best else None
+    current = ProgressWriter(config["output_uri"], config["attempt"]).load_existing()
+    if current is not None and current.attempt == config["attempt"]:
+        return list(current.checkpoints)
+    return [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]]
 
 
-def _restore_dir(config: dict[str, Any], tmp: Path) -> str | None:
-    """The local HF checkpoint directory to resume from: the latest of this run, else an explicit resumeFrom URI."""
+def resume_checkpoint(config: dict[str, Any], checkpoints: list[CheckpointRef]) -> CheckpointRef | None:
+    """What to resume from: an explicit `resumeFrom` URI, else with `latest` the newest listed checkpoint."""
+    if config.get("resume_uri") is not None:
+        return CheckpointRef(step=0, uri=config["resume_uri"])
+    if config["resume_latest"] and checkpoints:
+        return max(checkpoints, key=lambda ref: ref.step)
+    return None
+
+
+def _restore_dir(resume: CheckpointRef | None, tmp: Path) -> str | None:
+    """The local HF checkpoint directory to resume from: `resume`, else the latest that Ray registered in this run."""
     import ray.train
 
-    checkpoint = ray.train.get_checkpoint()
-    uri = config.get("resume_uri")
-    if uri is None and config["resume_latest"]:
-        uri = latest_persisted_checkpoint(config["checkpoints_uri"])
-    if uri is not None:
-        local = storage.download_dir(uri, tmp / "restored")
+    if resume is not None:
+        local = storage.download_dir(resume.uri, tmp / "restored")
         inner = local / "checkpoint"
         return str(inner if inner.is_dir() else local)
+    checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         local = Path(checkpoint.to_directory(str(tmp / "restored")))
         return str(local / "checkpoint")
@@ -303,7 +305,11 @@ def train_loop(config: dict[str, Any]) -> None:
     writer = None
     if rank == 0:
         writer = ProgressWriter(config["output_uri"], config["attempt"])
-        writer.state = writer.state.model_validate(config["progress"])
+        current = writer.load_existing()
+        # A restart within this attempt carries on from what the previous rank 0 wrote, not the attempt's start.
+        same_attempt = current is not None and current.attempt == config["attempt"]
+        writer.state = current if same_attempt and current is not None else writer.state.model_validate(
+            config["progress"])
         writer.update(force=True, message=WORKER_LOADING_MODEL)
     set_seed(spec.hyperparameters.seed)
     # Ray limits a worker's OpenMP pool to its CPU reservation; make torch use exactly that many threads.
@@ -325,12 +331,16 @@ def train_loop(config: dict[str, Any]) -> None:
         writer.update(force=True, message=WORKER_BUILDING_TRAINER)
     counter = TokenCounter()
     model.register_forward_pre_hook(counter, with_kwargs=True)
+    checkpoints = registered_checkpoints(config)
+    resume = resume_checkpoint(config, checkpoints)
+    # Tokens trained before the resumed step; an older checkpoint without the count falls back to the attempt's.
+    base_tokens = resume.trained_tokens if resume is not None and resume.trained_tokens is not None else (
+        config["base_tokens"])
     with tempfile.TemporaryDirectory(prefix="sftjob-") as tmp:
         callbacks: list[Any] = [
             RayTrainReportCallback(),
-            make_progress_callback(writer, counter, config["checkpoints_uri"],
-                                   [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]],
-                                   config["base_tokens"], config["kill_driver"], config.get("oom_at_step")),
+            make_progress_callback(writer, counter, config["checkpoints_uri"], checkpoints, base_tokens,
+                                   config["kill_driver"], config.get("oom_at_step")),
             *fault_callbacks(config.get("kill_worker"), rank),
         ]
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
@@ -338,7 +348,7 @@ def train_loop(config: dict[str, Any]) -> None:
                                 ray.get(config["validation"]) if config["validation"] is not None else None,
                                 callbacks)
         trainer = prepare_trainer(trainer)
-        run_training(trainer, _restore_dir(config, Path(tmp)))
+        run_training(trainer, _restore_dir(resume, Path(tmp)))
         if rank == 0:
             files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp))
             # Ray Train's Result keeps only metrics reported with a checkpoint: the digests go back through a queue.
