@@ -335,8 +335,8 @@ async def test_planted_secret_never_leaks_from_the_operator(k8s: Any, api: Any, 
 @pytest.mark.scenario(AREA, "the operator acts only in the namespaces it watches: SFTJOB_WATCH_NAMESPACES "
                       "becomes Kopf's namespace list, never cluster-wide")
 def test_operator_is_scoped_to_its_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Kopf scopes the watches; what the operator owns is passing the list. (Running a namespace-scoped
-    # Kopf on the emulator fails: it answers 500 on /api/v1/namespaces; see docs/reliability.md.)
+    # Kopf scopes the watches; what the operator owns is passing the list (the live run on the emulator
+    # is test_operator_scope.py).
     import kopf
 
     from sftjob_operator.__main__ import main

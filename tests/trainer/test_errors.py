@@ -84,3 +84,30 @@ def test_out_of_memory_on_the_first_step(ray_cluster: None, tiny_model_dir: Path
     assert "first" in error.message or "step 1" in error.message
     assert progress.step == 0
     assert not (tmp_path / "oom" / "manifest.json").exists()
+
+
+def test_a_run_into_a_finished_output_removes_its_manifest_first(tiny_model_dir: Path, tmp_path: Path) -> None:
+    # A finished run's output, then a new run into it that fails early: the output must not look complete.
+    out = tmp_path / "rerun"
+    out.mkdir()
+    (out / "manifest.json").write_text('{"files": {}}')
+    doc = job_document("rerun", str(tiny_model_dir), str(tmp_path / "missing.jsonl"), None, str(tmp_path))
+    proc = _run(doc)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert not (out / "manifest.json").exists()
+    assert "finished run's manifest.json" in proc.stderr
+    assert _failed(out).error is not None
+
+
+def test_delete_file_local_and_s3(tmp_path: Path, s3_server: Any, monkeypatch: Any) -> None:
+    from sftjob_trainer import storage
+
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = s3_server.create_bucket("sft-delete")
+    for uri in (str(tmp_path / "a" / "manifest.json"), f"{bucket}/a/manifest.json"):
+        storage.write_bytes(uri, b"{}")
+        assert storage.exists(uri)
+        assert storage.delete_file(uri) is True
+        assert not storage.exists(uri)
+        assert storage.delete_file(uri) is False

@@ -5,6 +5,7 @@ Used by `python -m sftjob_trainer` (in the RayJob) and by `sftjob run` (on a loc
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -12,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import CHECKPOINTS_DIR, METRICS_FILE, ProgressFile
+from sftjob_api.progress import CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
 from sftjob_api.types import Metrics
 from sftjob_trainer import faults, storage
 from sftjob_trainer.artifacts import (
@@ -34,6 +35,8 @@ from sftjob_trainer.hparams import Device, Plan, precision, resolve, training_ar
 from sftjob_trainer.local_ray import ControlPlanePriority, init_ray
 from sftjob_trainer.methods import check_device, is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
+
+log = logging.getLogger(__name__)
 
 # Seconds to wait for rank 0's export digests after fit() returned (they are put before the worker exits).
 EXPORT_TIMEOUT_S = 60
@@ -269,6 +272,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
 
     spec = ctx.job.spec
     earlier = writer.load_existing()
+    # A run into an output that a finished run left must not look complete while it replaces the files:
+    # the old manifest goes first, and only this run's export writes a new one.
+    if storage.delete_file(storage.join(ctx.output_uri, MANIFEST_FILE)):
+        log.warning("%s held a finished run's manifest.json; it is removed until this run completes", ctx.output_uri)
     writer.set_phase("Initializing", "starting")
     prepared, tokenizer, model_dir = prepare(ctx, writer)
     plan, batching = plan_job(ctx, prepared, tokenizer, model_dir)

@@ -252,6 +252,23 @@ def exists(uri: str) -> bool:
     return True
 
 
+def delete_file(uri: str) -> bool:
+    """Delete the file at `uri`; returns whether there was one."""
+    if not is_s3(uri):
+        try:
+            Path(uri).unlink()
+        except FileNotFoundError:
+            return False
+        except PermissionError:
+            raise StorageError("AccessDenied", f"{uri}: permission denied") from None
+        return True
+    if not exists(uri):
+        return False
+    loc = parse_s3(uri)
+    with_retries(lambda: s3_client().delete_object(Bucket=loc.bucket, Key=loc.key), uri)
+    return True
+
+
 def list_files(uri: str) -> list[str]:
     """Relative paths of every file under a directory URI, sorted."""
     if not is_s3(uri):
