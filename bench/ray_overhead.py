@@ -245,10 +245,12 @@ def main(argv: list[str] | None = None) -> int:
         path = HERE / "RESULTS.md"
         text = path.read_text() if path.exists() else ""
         marker = "\n## Ray overhead"
-        text = text.split(marker)[0].rstrip() + "\n" + marker + " (written by bench/ray_overhead.py)\n\n"
-        text += (f"Scale {args.scale}, {threads} CPU threads in all, split evenly over the workers; "
-                 f"measured from outside through progress.json; {isolation}.\n\n" + "\n".join(lines) + "\n")
-        path.write_text(text)
+        head, _, rest = text.partition(marker)
+        tail = rest[rest.index("\n## "):] if "\n## " in rest else ""  # other benches' sections after this one
+        section = (f"{marker} (written by bench/ray_overhead.py)\n\nScale {args.scale}, {threads} CPU threads in "
+                   f"all, split evenly over the workers; measured from outside through progress.json; "
+                   f"{isolation}.\n\n" + "\n".join(lines) + "\n")
+        path.write_text(head.rstrip() + "\n" + section + tail)
     return 0
 
 
