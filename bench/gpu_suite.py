@@ -125,10 +125,10 @@ def _text_for(tokenizer: Any, stream: Any, target: int) -> str:
 
 
 def build_assets(out: Path, scale: SuiteScale, shapes: tuple[Shape, ...], seed: int = 0) -> dict[str, Any]:
-    """Write `<shape>/` (tokenizer + random bf16/fp32 weights) and `train.jsonl` under `out` (kept for reruns).
+    """Write `<shape>/` (tokenizer + random bf16/fp32 weights, kept for reruns) and `train.jsonl` under `out`.
 
     Returns:
-        Token length statistics of the training set.
+        Length statistics of the training set (target tokens per example, prompt + completion).
     """
     import torch
     from bench.assets import _chunks, _lexicon
@@ -328,13 +328,19 @@ def table(results: list[tuple[str, dict[str, Any] | str]], peak: float) -> list[
 
 
 def _write_section(path: Path, body: list[str]) -> None:
-    """Replace (or append) this suite's section of RESULTS.md, keeping every other section."""
+    """Replace this suite's section of RESULTS.md, keeping every other section.
+
+    A first write puts it right after the CPU throughput table, before the other benches' sections:
+    bench/ray_overhead.py rewrites everything from its own heading on.
+    """
     text = path.read_text() if path.exists() else ""
     head, found, rest = text.partition("\n" + SECTION)
-    tail = ""
     if found:
         after = rest.find("\n## ")
         tail = rest[after:] if after >= 0 else ""
+    else:
+        first = text.find("\n## ")
+        head, tail = (text[:first], text[first:]) if first >= 0 else (text, "")
     section = "\n".join([SECTION + " (written by bench/train_throughput.py --gpu-suite)", "", *body])
     path.write_text(head.rstrip() + "\n\n" + section.rstrip() + "\n" + tail)
 

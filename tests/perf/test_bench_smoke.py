@@ -116,9 +116,11 @@ def test_gpu_suite_writes_only_its_section(tmp_path: Path) -> None:
     _write_section(path, ["| second |"])
     text = path.read_text()
     assert text.count(SECTION) == 1 and "| second |" in text and "| first |" not in text
-    assert "| cpu |" in text and "## Ray overhead (x)\n\n| ray |" in text
+    # Between the CPU table and the Ray overhead section, which bench/ray_overhead.py rewrites to the end.
+    assert text.index("| cpu |") < text.index(SECTION) < text.index("## Ray overhead (x)\n\n| ray |")
 
 
+@pytest.mark.slow
 def test_gpu_suite_shapes_match_the_real_models() -> None:
     """The configs the GPU suite builds have exactly the published parameter counts (on the meta device)."""
     import torch
