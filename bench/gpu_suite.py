@@ -279,22 +279,12 @@ def run_row(model_dir: Path, data: Path, method: str, liger: bool, scale: SuiteS
 def quick_cpu_peak() -> float:
     """Best dense fp32 1024² matmul throughput of this CPU in FLOP/s: the tiny suite's MFU denominator.
 
-    Smaller and quicker than train_throughput.matmul_peak (which takes ~20 s on 2 busy cores): on CPU
-    the suite only proves that its code runs and measures.
+    Smaller and quicker than train_throughput's default shapes (~20 s on 2 busy cores): on CPU the
+    suite only proves that its code runs and measures.
     """
-    import torch
+    from bench.train_throughput import matmul_peak
 
-    torch.manual_seed(0)
-    n, reps = 1024, 5
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    best = 0.0
-    for _ in range(3):
-        start = time.perf_counter()
-        for _ in range(reps):
-            torch.mm(a, b)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-    return best
+    return matmul_peak(((1024, 5),))  # one 1024² product, 5 repetitions
 
 
 def figures(row: dict[str, Any], peak: float) -> dict[str, float]:

@@ -50,13 +50,17 @@ LOSS_TOLERANCE = 0.02
 H100_BF16_PEAK = 989e12
 
 
-def matmul_peak() -> float:
-    """Best dense fp32 matmul throughput of this CPU in FLOP/s (2048² and 4096² square products)."""
+# Square matmuls of the CPU peak: (size, repetitions); large enough to reach the BLAS kernel's plateau.
+PEAK_SHAPES = ((2048, 5), (4096, 2))
+
+
+def matmul_peak(shapes: tuple[tuple[int, int], ...] = PEAK_SHAPES) -> float:
+    """Best dense fp32 matmul throughput of this CPU in FLOP/s over `shapes` ((size, repetitions) pairs)."""
     import torch
 
     torch.manual_seed(0)
     best = 0.0
-    for n, reps in ((2048, 5), (4096, 2)):
+    for n, reps in shapes:
         a, b = torch.randn(n, n), torch.randn(n, n)
         torch.mm(a, b)
         for _ in range(3):
