@@ -63,13 +63,9 @@ def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     Set before any Ray cluster starts, so Ray workers and subprocesses inherit it.
     """
     path = tmp_path_factory.mktemp("data-cache")
-    before = os.environ.get("SFTJOB_DATA_CACHE")
-    os.environ["SFTJOB_DATA_CACHE"] = str(path)
-    yield path
-    if before is None:
-        os.environ.pop("SFTJOB_DATA_CACHE", None)
-    else:
-        os.environ["SFTJOB_DATA_CACHE"] = before
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SFTJOB_DATA_CACHE", str(path))
+        yield path
 
 
 @pytest.fixture(scope="session")

@@ -358,16 +358,22 @@ async def _running(api: Api, ns: str, name: str, out: OutputWriter, attempt: int
                         and (s.get("progress") or {}).get("step") == 10, f"attempt {attempt} Running at step 10")
 
 
+async def _job_running(api: Api, operator: Any, tmp_path: Path, name: str, **spec: Any) -> OutputWriter:
+    """Start the operator and an SFTJob `name` in `ml` whose attempt 1 is Running at step 10; returns its output."""
+    out = OutputWriter(f"{tmp_path}/ml/{name}")
+    await operator()
+    await api.create_sftjob(make_sftjob(name, "ml", output_uri=str(tmp_path), **spec))
+    await _running(api, "ml", name, out)
+    return out
+
+
 @pytest.mark.scenario(AREA, "RayJob deleted by hand while the job runs → the attempt fails as RayJobDeleted (a "
                       "Warning event names it) and the next attempt starts, resuming from the latest checkpoint; "
                       "the deleted RayJob is never recreated")
 async def test_rayjob_deleted_by_hand_starts_the_next_attempt(k8s: Any, api: Api, operator: Any,
                                                               tmp_path: Path) -> None:
     ns, name = "ml", "handdel"
-    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
-    await operator()
-    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path)))
-    await _running(api, ns, name, out)
+    out = await _job_running(api, operator, tmp_path, name)
     await api.delete_rayjob(ns, f"{name}-a1")
     a2 = await wait_for(lambda: api.get_rayjob(ns, f"{name}-a2"), timeout=WAIT_S, what="attempt 2's RayJob")
     status = await _status_where(api, ns, name, lambda s: s.get("attempt") == 2, "attempt 2")
@@ -394,10 +400,7 @@ async def test_rayjob_deleted_by_hand_starts_the_next_attempt(k8s: Any, api: Api
 async def test_rayjob_deleted_with_no_retries_left_fails_the_job(k8s: Any, api: Api, operator: Any,
                                                                  tmp_path: Path) -> None:
     ns, name = "ml", "lastchance"
-    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
-    await operator()
-    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path), runPolicy={"backoffLimit": 0}))
-    await _running(api, ns, name, out)
+    await _job_running(api, operator, tmp_path, name, runPolicy={"backoffLimit": 0})
     await api.delete_rayjob(ns, f"{name}-a1")
     status = await _status_where(api, ns, name, lambda s: s.get("phase") == "Failed", "Failed")
     failed = (await _events(api, ns, name, "Failed"))[0]
@@ -418,10 +421,7 @@ async def test_rayjob_deleted_with_no_retries_left_fails_the_job(k8s: Any, api: 
 async def test_rayjob_deleted_after_success_changes_nothing(k8s: Any, api: Api, operator: Any,
                                                             tmp_path: Path) -> None:
     ns, name = "ml", "finished"
-    out = OutputWriter(f"{tmp_path}/{ns}/{name}")
-    await operator()
-    await api.create_sftjob(make_sftjob(name, ns, output_uri=str(tmp_path)))
-    await _running(api, ns, name, out)
+    out = await _job_running(api, operator, tmp_path, name)
     await out.progress(phase="Succeeded", step=40, total=40)
     await out.manifest()
     await api.play_kuberay(ns, f"{name}-a1", {"jobDeploymentStatus": "Complete", "jobStatus": "SUCCEEDED"})

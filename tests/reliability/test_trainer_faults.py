@@ -26,7 +26,7 @@ import pytest
 
 from sftjob_api.progress import MANIFEST_FILE, PROGRESS_FILE, ProgressFile
 from sftjob_trainer import storage
-from sftjob_trainer.demo import make_rows
+from sftjob_trainer.demo import write_copy_task
 from sftjob_trainer.faults import KILL_WORKER_AT_STEP_ENV
 
 AREA = "Trainer faults"
@@ -234,11 +234,7 @@ def _healthy(proxy: FlakyProxy) -> Iterator[None]:
 @pytest.fixture(scope="module")
 def copy_task(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.jsonl and validation.jsonl of the demo's copy task (local files: only the output is on S3)."""
-    root = tmp_path_factory.mktemp("faults-data")
-    rows = make_rows(TRAIN_ROWS + VALIDATION_ROWS, seed=5)
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:TRAIN_ROWS]))
-    (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[TRAIN_ROWS:]))
-    return root
+    return write_copy_task(tmp_path_factory.mktemp("faults-data"), TRAIN_ROWS, VALIDATION_ROWS, seed=5)
 
 
 def job_document(name: str, model: Path, data: Path, output: str, **spec: Any) -> dict[str, Any]:

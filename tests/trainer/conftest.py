@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sftjob_api.types import SFTJob, parse_sftjob
-from sftjob_trainer.demo import make_rows
+from sftjob_trainer.demo import write_copy_task
 
 # Rows of the test dataset: enough for a few optimizer steps per worker at global batch 8.
 TRAIN_ROWS = 48
@@ -20,11 +19,7 @@ VALIDATION_ROWS = 8
 @pytest.fixture(scope="session")
 def copy_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """train.jsonl and validation.jsonl of the demo's copy task."""
-    root = tmp_path_factory.mktemp("copy-data")
-    rows = make_rows(TRAIN_ROWS + VALIDATION_ROWS, seed=3)
-    (root / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:TRAIN_ROWS]))
-    (root / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[TRAIN_ROWS:]))
-    return root
+    return write_copy_task(tmp_path_factory.mktemp("copy-data"), TRAIN_ROWS, VALIDATION_ROWS, seed=3)
 
 
 def job_document(name: str, model: str, train: str, validation: str | None, output_uri: str,

@@ -47,10 +47,16 @@ def write_assets(root: Path, train_rows: int = 3000, validation_rows: int = 100)
 
     corpus = default_corpus() + [" ".join(WORDS)] * 50
     build_tiny_model(root / "model", corpus=corpus)
-    rows = make_rows(train_rows + validation_rows, seed=7)
-    (root / "data").mkdir(parents=True, exist_ok=True)
-    (root / "data" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:train_rows]))
-    (root / "data" / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[train_rows:]))
+    write_copy_task(root / "data", train_rows, validation_rows, seed=7)
+
+
+def write_copy_task(directory: Path, train_rows: int, validation_rows: int, seed: int) -> Path:
+    """Write `train.jsonl` and `validation.jsonl` of the copy task (distinct rows) into `directory`; returns it."""
+    rows = make_rows(train_rows + validation_rows, seed=seed)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:train_rows]))
+    (directory / "validation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[train_rows:]))
+    return directory
 
 
 def report(output: Path) -> tuple[float, float, int]:

@@ -5,6 +5,7 @@ Used by `python -m sftjob_trainer` (in the RayJob) and by `sftjob run` (on a loc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -282,14 +283,12 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     train_rows, val_rows = sequences(prepared)
     stats = prepared.report.to_stats()
     resumable = spec.checkpointing.resume_from == "latest" and earlier is not None
-    known = [c.to_wire() for c in earlier.checkpoints] if resumable and earlier else []
     writer.update(force=True, resolved=plan.resolved, dataset=stats, total_steps=plan.total_steps,
                   checkpoints=earlier.checkpoints if resumable and earlier else [],
                   trained_tokens=earlier.trained_tokens if resumable and earlier else 0)
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
-    if not ray.is_initialized():
-        init_ray(ray_address)
+    local_cluster = not ray.is_initialized() and init_ray(ray_address)
     storage_path, filesystem = checkpoint_storage(ctx.output_uri)
     resume_from = spec.checkpointing.resume_from
     config = {
@@ -305,7 +304,6 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "samples": eval_prompts(prepared, tokenizer, spec.evaluation.num_samples, spec.hyperparameters.seed),
         "stop_token_ids": prepared.stop_token_ids,
         "checkpoints_uri": storage.join(ctx.output_uri, CHECKPOINTS_DIR, run_name(ctx)),
-        "known_checkpoints": known,
         "base_tokens": writer.state.trained_tokens,
         "progress": writer.state.model_dump(),
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
@@ -333,7 +331,8 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     )
     writer.set_phase("Running", "starting Ray Train workers")
     try:
-        with ControlPlanePriority():
+        # On a cluster of its own (a laptop), training gets the CPU before Ray's control plane.
+        with ControlPlanePriority() if local_cluster else contextlib.nullcontext():
             result = trainer.fit()
     except Exception as err:
         found = _worker_error(err)

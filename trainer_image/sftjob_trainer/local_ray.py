@@ -31,17 +31,21 @@ KEEP_PRIORITY_TITLES = ("ray::RayTrainWorker", "ray::IDLE")
 RAYLET_BINARY = "raylet"
 
 
-def init_ray(address: str | None) -> None:
+def init_ray(address: str | None) -> bool:
     """Connect to `address` (or `RAY_ADDRESS`), or start a local cluster whose workers run at normal priority.
 
     Args:
         address: A Ray cluster address, or None to use `RAY_ADDRESS` or start one here.
+
+    Returns:
+        Whether no cluster address was given, i.e. the cluster is local (see ControlPlanePriority).
     """
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault(RAY_WORKER_NICENESS_ENV, TRAINING_NICENESS)
-    ray.init(address=address or os.environ.get("RAY_ADDRESS"), include_dashboard=False,
-             configure_logging=False, log_to_driver=False)
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    return not address
 
 
 def _title(process: Any) -> str:

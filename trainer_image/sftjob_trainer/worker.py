@@ -15,7 +15,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR
+from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR, ProgressFile
 from sftjob_api.types import CheckpointRef, SFTJob, parse_sftjob
 from sftjob_trainer import storage
 from sftjob_trainer.artifacts import (
@@ -244,17 +244,17 @@ def run_training(trainer: Any, resume: str | None) -> None:
         raise
 
 
-def registered_checkpoints(config: dict[str, Any]) -> list[CheckpointRef]:
-    """The checkpoints progress.json lists now: complete ones only.
+def attempt_progress(config: dict[str, Any]) -> ProgressFile:
+    """This attempt's progress.json as it is now, else (another attempt's or none) the driver's copy.
 
-    Rank 0 lists a checkpoint only after Ray Train persisted and registered it. A worker group that
-    Ray restarted within an attempt finds there what its predecessor saved; the attempt's start
-    (the config's list) is the fallback when progress.json holds another attempt.
+    Rank 0 lists a checkpoint there only after Ray Train persisted and registered it, so its
+    checkpoints are complete ones. A worker group that Ray restarted within an attempt finds there
+    what its predecessor saved and counted.
     """
     current = ProgressWriter(config["output_uri"], config["attempt"]).load_existing()
     if current is not None and current.attempt == config["attempt"]:
-        return list(current.checkpoints)
-    return [CheckpointRef.model_validate(c) for c in config["known_checkpoints"]]
+        return current
+    return ProgressFile.model_validate(config["progress"])
 
 
 def resume_checkpoint(config: dict[str, Any], checkpoints: list[CheckpointRef]) -> CheckpointRef | None:
@@ -287,8 +287,8 @@ def train_loop(config: dict[str, Any]) -> None:
     Args:
         config: `job` (SFTJob wire JSON), `output_uri`, `attempt`, `plan` (SFTConfig kwargs), `batching`,
             `train`/`validation` (object refs of the prepared sequences), `checkpoints_uri`,
-            `known_checkpoints`, `progress`, `resume_uri`, `base_tokens`, `kill_driver`, `samples`,
-            `stop_token_ids`, `load_dtype`, `exports` (a Ray queue that receives rank 0's file digests).
+            `progress` (the attempt's progress.json at its start), `resume_uri`, `base_tokens`, `kill_driver`,
+            `samples`, `stop_token_ids`, `load_dtype`, `exports` (a Ray queue that receives rank 0's file digests).
     """
     import ray
     import ray.train
@@ -303,13 +303,10 @@ def train_loop(config: dict[str, Any]) -> None:
     spec = job.spec
     rank = ray.train.get_context().get_world_rank()
     writer = None
+    progress = attempt_progress(config)
     if rank == 0:
         writer = ProgressWriter(config["output_uri"], config["attempt"])
-        current = writer.load_existing()
-        # A restart within this attempt carries on from what the previous rank 0 wrote, not the attempt's start.
-        same_attempt = current is not None and current.attempt == config["attempt"]
-        writer.state = current if same_attempt and current is not None else writer.state.model_validate(
-            config["progress"])
+        writer.state = progress  # a restart within this attempt carries on from what the previous rank 0 wrote
         writer.update(force=True, message=WORKER_LOADING_MODEL)
     set_seed(spec.hyperparameters.seed)
     # Ray limits a worker's OpenMP pool to its CPU reservation; make torch use exactly that many threads.
@@ -331,7 +328,7 @@ def train_loop(config: dict[str, Any]) -> None:
         writer.update(force=True, message=WORKER_BUILDING_TRAINER)
     counter = TokenCounter()
     model.register_forward_pre_hook(counter, with_kwargs=True)
-    checkpoints = registered_checkpoints(config)
+    checkpoints = list(progress.checkpoints)
     resume = resume_checkpoint(config, checkpoints)
     # Tokens trained before the resumed step; an older checkpoint without the count falls back to the attempt's.
     base_tokens = resume.trained_tokens if resume is not None and resume.trained_tokens is not None else (
