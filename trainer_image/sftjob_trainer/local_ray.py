@@ -1,13 +1,23 @@
 """The Ray cluster a driver starts for itself (`sftjob run` on a laptop): training gets the CPU first.
 
 On Kubernetes the RayJob's head and worker pods are separate, and nothing here applies. On one machine,
-Ray's control plane (GCS, raylet, the dashboard agent, Ray Train's controller and helper actors) shares
-the cores with the training worker. Each of those processes wakes up about a hundred times a second.
-At equal priority every wake-up preempts one of the worker's OpenMP threads, and the other thread then
-waits for it at the next barrier. So a cluster started here runs its training workers at normal priority
-and the rest of its control plane at a lower one (not the raylet: it forks the workers). The control
-plane still gets the CPU it needs (well under 10% of one core), in the gaps between the training
-threads' time slices.
+Ray's control plane (GCS, log monitor, the autoscaler monitor, Ray Train's controller and its helper
+actors) shares the cores with the training worker: about a dozen processes, each waking up many times a
+second (every Python worker checks for signals every 10 ms), together about 10% of one core. A wake-up that
+preempts one of the worker's OpenMP threads stalls the other thread at the next barrier too, so an idle
+cluster beside a plain training process cost it 9.3% of its tokens/s with the control plane at nice 10
+(a lower share, but it still preempts on wake-up) and 4.6% under SCHED_IDLE, which never preempts a
+normal thread (one run each, windows alternating with the cluster stopped). So a cluster started here
+runs its training workers at normal priority, the rest of its control plane under SCHED_IDLE (nice 10
+where there is no SCHED_IDLE), and without the two Ray Train helpers a laptop has no use for: the
+preemption watcher (spot-instance notices) and metrics export (no Prometheus scrapes it). The raylet
+keeps normal priority: it forks the workers, and a child inherits its scheduling.
+
+Linux keeps scheduling per thread, and setpriority()/sched_setscheduler() on a process id change only its
+main thread; a thread inherits the settings of the thread that creates it. So every thread of a
+control-plane process is lowered, and the scan repeats, for threads and processes started later. A
+process is lowered only once its title says what it is: a fresh worker (`default_worker.py`, not yet
+titled) may become a training worker, and lowering its main thread would lower every thread it starts.
 """
 
 from __future__ import annotations
@@ -15,19 +25,30 @@ from __future__ import annotations
 import os
 import threading
 from types import TracebackType
-from typing import Any
 
 RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Ray's default worker niceness is 15, which would put the training workers below every other process.
 TRAINING_NICENESS = "0"
-# The control plane's niceness: 10 gives it about 1/10 of a nice-0 thread's CPU weight. That is plenty for
-# processes that need well under 1% of a core each, and low enough that they do not preempt training.
+# The control plane's scheduling: Linux's SCHED_IDLE runs a thread only in what normal threads leave (and
+# never preempts one on wake-up), plenty for processes that need about 1% of a core each. Where there is
+# none (macOS), niceness 10: about 1/10 of a nice-0 thread's CPU weight.
+IDLE_POLICY: int | None = getattr(os, "SCHED_IDLE", None)
 CONTROL_PLANE_NICENESS = 10
-# Ray Train starts its actors with fit() and again on a restart: new processes are looked for this often.
+# Ray Train helpers that a cluster on one machine has no use for, off unless the user set them.
+LOCAL_CLUSTER_ENV = {
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # an actor watching for spot-instance preemption notices
+    "RAY_TRAIN_METRICS_ENABLED": "0",  # controller and worker metrics for a Prometheus that is not there
+}
+# Ray Train starts its actors with fit() and again on a restart: new processes are looked for this often while
+# scans find something to lower, and half as often after each scan that finds nothing, down to MAX_SCAN_INTERVAL_S.
+# A scan costs about 7 ms of CPU with Ray Train's ~15 processes: 0.1% of a core at the slowest rate.
 SCAN_INTERVAL_S = 1.0
-# Processes that keep normal priority: the training workers, pooled workers that may become one, and the
-# raylet, which forks every new worker (a child inherits its niceness; Ray's worker niceness is an increment).
+MAX_SCAN_INTERVAL_S = 8.0
+# Processes that keep normal priority: the training workers and pooled workers that may become one.
 KEEP_PRIORITY_TITLES = ("ray::RayTrainWorker", "ray::IDLE")
+# The script a Ray worker runs until it titles itself (ray::IDLE, ray::<Actor>): not yet known to be control plane.
+UNTITLED_WORKER_SCRIPT = "default_worker.py"
+# The raylet forks every new worker, and a child inherits its niceness (Ray's worker niceness is an increment).
 RAYLET_BINARY = "raylet"
 
 
@@ -44,41 +65,75 @@ def init_ray(address: str | None) -> bool:
 
     address = address or os.environ.get("RAY_ADDRESS")
     os.environ.setdefault(RAY_WORKER_NICENESS_ENV, TRAINING_NICENESS)
+    if not address:
+        for name, value in LOCAL_CLUSTER_ENV.items():
+            os.environ.setdefault(name, value)  # read by fit() here and passed on to Ray Train's controller
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     return not address
 
 
-def _title(process: Any) -> str:
-    cmdline = process.cmdline()
-    return cmdline[0] if cmdline else process.name()
+def is_control_plane(cmdline: list[str]) -> bool:
+    """Whether a process of the local cluster, by its command line, is control plane (to be lowered)."""
+    if not cmdline:
+        return False
+    title = cmdline[0]
+    if title.startswith(KEEP_PRIORITY_TITLES) or os.path.basename(title) == RAYLET_BINARY:
+        return False
+    return not any(os.path.basename(arg) == UNTITLED_WORKER_SCRIPT for arg in cmdline)
+
+
+def lower_thread(thread_id: int) -> bool:
+    """Put one thread below training: IDLE_POLICY where there is one, else CONTROL_PLANE_NICENESS.
+
+    Returns:
+        Whether it was changed (False when it already was that low).
+    """
+    if IDLE_POLICY is not None:
+        if os.sched_getscheduler(thread_id) == IDLE_POLICY:
+            return False
+        os.sched_setscheduler(thread_id, IDLE_POLICY, os.sched_param(0))
+        return True
+    if os.getpriority(os.PRIO_PROCESS, thread_id) >= CONTROL_PLANE_NICENESS:
+        return False
+    os.setpriority(os.PRIO_PROCESS, thread_id, CONTROL_PLANE_NICENESS)
+    return True
 
 
 def lower_control_plane_priority(root_pid: int) -> int:
-    """Renice the Ray control-plane processes descended from `root_pid` to CONTROL_PLANE_NICENESS.
+    """Lower every thread of the Ray control-plane processes descended from `root_pid` (see `lower_thread`).
 
-    Only descendants are touched, so a cluster this process merely joined is left alone. Raising
-    niceness needs no privilege; processes that exit meanwhile are skipped.
+    Only descendants are touched, so a cluster this process merely joined is left alone. Lowering
+    needs no privilege; processes and threads that exit meanwhile are skipped.
 
     Args:
         root_pid: The driver's process id.
 
     Returns:
-        How many processes were reniced by this call.
+        How many threads were lowered by this call.
     """
     import psutil
 
     changed = 0
     for process in psutil.Process(root_pid).children(recursive=True):
         try:
-            title = _title(process)
-            keep = title.startswith(KEEP_PRIORITY_TITLES) or os.path.basename(title) == RAYLET_BINARY
-            if keep or process.nice() >= CONTROL_PLANE_NICENESS:
+            if not is_control_plane(process.cmdline()):
                 continue
-            process.nice(CONTROL_PLANE_NICENESS)
-            changed += 1
         except psutil.Error:
             continue
+        for thread_id in _thread_ids(process.pid):
+            try:
+                changed += lower_thread(thread_id)
+            except OSError:  # the thread or process exited
+                continue
     return changed
+
+
+def _thread_ids(pid: int) -> list[int]:
+    """The ids of a process's threads; just its own id where there is no /proc (niceness is per process there)."""
+    try:
+        return [int(tid) for tid in os.listdir(f"/proc/{pid}/task")]  # 30x cheaper than psutil's threads()
+    except FileNotFoundError:
+        return [pid]
 
 
 class ControlPlanePriority:
@@ -88,14 +143,17 @@ class ControlPlanePriority:
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self.interval_s = interval_s
         self.reniced = 0
-        """Processes reniced so far."""
+        """Threads lowered so far."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sftjob-control-plane-priority", daemon=True)
 
     def _run(self) -> None:
+        wait = self.interval_s
         while True:
-            self.reniced += lower_control_plane_priority(self.root_pid)
-            if self._stop.wait(self.interval_s):
+            changed = lower_control_plane_priority(self.root_pid)
+            self.reniced += changed
+            wait = self.interval_s if changed else min(2 * wait, MAX_SCAN_INTERVAL_S)
+            if self._stop.wait(wait):
                 return
 
     def __enter__(self) -> ControlPlanePriority:
