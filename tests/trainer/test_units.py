@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +201,35 @@ def test_early_stopping_stops(tiny_model_dir: Path, copy_data: Path, tmp_path: P
     trainer.train()
     assert trainer.state.global_step == 2
     assert args["metric_for_best_model"] == "eval_loss" and args["greater_is_better"] is False
+
+
+_SINGLE_WORKER = """
+import json, os, socket
+import torch.distributed as dist
+from transformers import TrainingArguments
+from sftjob_trainer.worker import train_as_single_process
+
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+# What Ray Train's torch backend sets up for a lone worker.
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0", WORLD_SIZE="1",
+                  LOCAL_WORLD_SIZE="1")
+dist.init_process_group("gloo")
+before = str(TrainingArguments("out", use_cpu=True, report_to=[]).parallel_mode)
+from accelerate.state import AcceleratorState
+AcceleratorState._reset_state(reset_partial_state=True)
+train_as_single_process()
+after = str(TrainingArguments("out", use_cpu=True, report_to=[]).parallel_mode)
+left = sorted(k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE") if k in os.environ)
+print(json.dumps({"before": before, "after": after, "group": dist.is_initialized(), "env": left}))
+"""
+
+
+def test_a_lone_worker_trains_without_ddp(tmp_path: Path) -> None:
+    """Ray Train's one-member process group would make the Trainer wrap the model in DDP; the worker leaves it."""
+    out = subprocess.run([sys.executable, "-c", _SINGLE_WORKER], cwd=tmp_path, capture_output=True, text=True,
+                         check=True, timeout=120).stdout
+    seen = json.loads(out.strip().splitlines()[-1])
+    assert seen == {"before": "ParallelMode.DISTRIBUTED", "after": "ParallelMode.NOT_PARALLEL", "group": False,
+                    "env": []}

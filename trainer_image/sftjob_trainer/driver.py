@@ -12,7 +12,7 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from sftjob_api.progress import CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
 from sftjob_api.types import Metrics
@@ -39,8 +39,6 @@ from sftjob_trainer.reporting import ProgressWriter, read_metrics
 
 log = logging.getLogger(__name__)
 
-# Seconds to wait for rank 0's export digests after fit() returned (they are put before the worker exits).
-EXPORT_TIMEOUT_S = 60
 # Tries of one checkpoint upload request (s3_filesystem): over 3x pyarrow's default of 3, bounded per try by
 # storage.CONNECT_TIMEOUT_S + READ_TIMEOUT_S, so a dead endpoint fails the attempt in minutes, not never.
 CHECKPOINT_UPLOAD_ATTEMPTS = 10
@@ -265,9 +263,11 @@ def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
 
 def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> RunResult:
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-    from ray.util.queue import Queue
+
+    # Train V2 (Ray's default), named explicitly: its fit() hands back rank 0's return value.
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.result import Result
+    from ray.train.v2.torch.torch_trainer import TorchTrainer
 
     from sftjob_trainer.worker import train_loop
 
@@ -311,7 +311,6 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "kill_driver": faults.kill_driver_hook(),
         "oom_at_step": faults.oom_at_step(),
         "kill_worker": faults.kill_worker_hook(),
-        "exports": Queue(maxsize=1),
         "cpus_per_worker": worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
     }
     gpus = spec.compute.gpus_per_worker
@@ -333,14 +332,15 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
     try:
         # On a cluster of its own (a laptop), training gets the CPU before Ray's control plane.
         with ControlPlanePriority() if local_cluster else contextlib.nullcontext():
-            result = trainer.fit()
+            result = cast(Result, trainer.fit())  # annotated with ray.train's V1 Result, which it is not
     except Exception as err:
         found = _worker_error(err)
         if found is not None:
             raise found from None
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
-    del result  # its metrics hold only checkpoint reports; rank 0's file digests come through the queue
-    return export(ctx, {"files": config["exports"].get(timeout=EXPORT_TIMEOUT_S)}, writer)
+    if result.return_value is None:  # rank 0 returns its exported files' digests; fit() raised if it failed
+        raise TrainerError("WorkerCrashed", "training finished but rank 0 reported no exported files")
+    return export(ctx, {"files": result.return_value}, writer)
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
