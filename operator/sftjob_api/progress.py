@@ -20,6 +20,8 @@ MANIFEST_FILE = "manifest.json"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
+# The prepared dataset, cached by content hash, so a retry in a fresh pod skips tokenisation.
+DATA_CACHE_DIR = "cache/data"
 
 TrainerPhase = Literal["Initializing", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
 
@@ -132,6 +134,7 @@ def job_output_uri(output_uri: str, name: str, namespace: str | None) -> Storage
 __all__ = [
     "ADAPTER_DIR",
     "CHECKPOINTS_DIR",
+    "DATA_CACHE_DIR",
     "MANIFEST_FILE",
     "METRICS_FILE",
     "MODEL_DIR",

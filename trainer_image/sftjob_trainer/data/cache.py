@@ -28,6 +28,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sftjob_api.progress import DATA_CACHE_DIR
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer import storage
 from sftjob_trainer.data.report import DataReport, Sample
@@ -44,8 +45,6 @@ PIPELINE_VERSION = 1
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = "sftjob-data-cache"
 SPLITS = ("train", "validation")
-# Where the cache lives under the job's output directory, so a retry in a fresh pod finds it.
-OUTPUT_CACHE_DIR = ("cache", "data")
 CACHE_ENV = "SFTJOB_DATA_CACHE"
 # Values of SFTJOB_DATA_CACHE that switch the local cache off.
 DISABLED = frozenset({"", "off", "none", "0"})
@@ -71,7 +70,7 @@ class DataCache:
     def for_job(cls, output_uri: str) -> DataCache:
         """The local cache (see `default_local_root`) and `<output_uri>/cache/data`."""
         local = default_local_root()
-        return cls(tuple(r for r in (local, storage.join(output_uri, *OUTPUT_CACHE_DIR)) if r))
+        return cls(tuple(r for r in (local, storage.join(output_uri, DATA_CACHE_DIR)) if r))
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:
