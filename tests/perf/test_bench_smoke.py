@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -37,6 +38,16 @@ def test_ray_overhead_tiny(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert "| plain | 1 |" in result.stdout and "| ray | 1 |" in result.stdout
     assert "`ray.init()` alone in a fresh process:" in result.stdout
+
+
+def test_ray_overhead_pairs_each_round_with_its_plain_run() -> None:
+    sys.path.insert(0, str(REPO))
+    from bench.ray_overhead import paired_ratio
+
+    plain = [{"steady_tok_s": v} for v in (800.0, 700.0, 750.0)]
+    ray = [{"steady_tok_s": v} for v in (720.0, 693.0, 735.0)]  # 0.90, 0.99, 0.98 of their rounds' plain
+    assert paired_ratio(ray, plain) == pytest.approx(0.98)
+    assert math.isnan(paired_ratio([{"steady_tok_s": float("nan")}], [{"steady_tok_s": 1.0}]))  # tiny: no steps
 
 
 def _cells(line: str) -> list[str]:
