@@ -103,10 +103,10 @@ def test_the_priority_thread_lowers_in_the_background(
     expected = len(LOWERED) * (THREADS + 1)
     with ControlPlanePriority(root_pid=root, interval_s=0.05) as watcher:
         for _ in range(100):
-            if watcher.reniced == expected:
+            if watcher.lowered == expected:
                 break
             time.sleep(0.05)
-    assert watcher.reniced == expected
+    assert watcher.lowered == expected
     assert thread_scheduling(by_role["controller"]) == {IDLE}
     assert thread_scheduling(by_role["training-worker"]) == {NORMAL}
 

@@ -304,7 +304,6 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "samples": eval_prompts(prepared, tokenizer, spec.evaluation.num_samples, spec.hyperparameters.seed),
         "stop_token_ids": prepared.stop_token_ids,
         "checkpoints_uri": storage.join(ctx.output_uri, CHECKPOINTS_DIR, run_name(ctx)),
-        "base_tokens": writer.state.trained_tokens,
         "progress": writer.state.model_dump(),
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
         "resume_latest": resume_from == "latest",
@@ -340,7 +339,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     if result.return_value is None:  # rank 0 returns its exported files' digests; fit() raised if it failed
         raise TrainerError("WorkerCrashed", "training finished but rank 0 reported no exported files")
-    return export(ctx, {"files": result.return_value}, writer)
+    return export(ctx, result.return_value, writer)
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
@@ -362,7 +361,7 @@ def _load_dtype(spec: Any, plan: Plan) -> str:
     return "fp32" if plan.resolved.precision in ("fp32", "fp16") else "bf16"
 
 
-def export(ctx: JobContext, final: dict[str, Any], writer: ProgressWriter) -> RunResult:
+def export(ctx: JobContext, rank0_files: dict[str, dict[str, Any]], writer: ProgressWriter) -> RunResult:
     """Write loss.png, README.md and manifest.json (last) next to what rank 0 saved."""
     import json
 
@@ -374,7 +373,7 @@ def export(ctx: JobContext, final: dict[str, Any], writer: ProgressWriter) -> Ru
     })
     writer.state = progress
     writer.set_phase("Exporting", "writing the loss plot, model card and manifest")
-    files: dict[str, dict[str, Any]] = dict(final.get("files", {}))
+    files = dict(rank0_files)
     metrics = read_metrics(ctx.output_uri)
     files[LOSS_PLOT_FILE] = publish_bytes(loss_plot_png(metrics), storage.join(ctx.output_uri, LOSS_PLOT_FILE))
     samples_text = storage.read_bytes(storage.join(ctx.output_uri, EVAL_SAMPLES_FILE)).decode()

@@ -142,7 +142,7 @@ class ControlPlanePriority:
     def __init__(self, root_pid: int | None = None, interval_s: float = SCAN_INTERVAL_S) -> None:
         self.root_pid = os.getpid() if root_pid is None else root_pid
         self.interval_s = interval_s
-        self.reniced = 0
+        self.lowered = 0
         """Threads lowered so far."""
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sftjob-control-plane-priority", daemon=True)
@@ -151,7 +151,7 @@ class ControlPlanePriority:
         wait = self.interval_s
         while True:
             changed = lower_control_plane_priority(self.root_pid)
-            self.reniced += changed
+            self.lowered += changed
             wait = self.interval_s if changed else min(2 * wait, MAX_SCAN_INTERVAL_S)
             if self._stop.wait(wait):
                 return

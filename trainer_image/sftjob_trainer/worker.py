@@ -307,7 +307,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     Args:
         config: `job` (SFTJob wire JSON), `output_uri`, `attempt`, `plan` (SFTConfig kwargs), `batching`,
             `train`/`validation` (object refs of the prepared sequences), `checkpoints_uri`,
-            `progress` (the attempt's progress.json at its start), `resume_uri`, `base_tokens`, `kill_driver`,
+            `progress` (the attempt's progress.json at its start), `resume_uri`, `kill_driver`,
             `samples`, `stop_token_ids`, `load_dtype`.
 
     Returns:
@@ -359,7 +359,7 @@ def train_loop(config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     resume = resume_checkpoint(config, checkpoints)
     # Tokens trained before the resumed step; an older checkpoint without the count falls back to the attempt's.
     base_tokens = resume.trained_tokens if resume is not None and resume.trained_tokens is not None else (
-        config["base_tokens"])
+        ProgressFile.model_validate(config["progress"]).trained_tokens)
     with tempfile.TemporaryDirectory(prefix="sftjob-") as tmp:
         callbacks: list[Any] = [
             RayTrainReportCallback(),
