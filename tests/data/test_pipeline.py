@@ -79,16 +79,28 @@ def test_overlong_examples_are_truncated_from_the_prompt_side(tmp_path: Path) ->
     assert len(dropped.train) == 30
 
 
-def test_auto_max_seq_length_is_the_p99_capped_by_the_model(tmp_path: Path) -> None:
+def test_auto_max_seq_length_without_packing_is_the_p99_capped_by_the_model(tmp_path: Path) -> None:
     # ChatML around a user turn of n bytes and the reply "a": 22 + n tokens.
     rows = [chat_row("q" * n, "a") for n in range(1, 201)]
     path = write_jsonl(tmp_path / "d.jsonl", rows)
-    prepared = prepare_dataset(spec(path), TOK, seed=0)
+    prepared = prepare_dataset(spec(path, packing=False), TOK, seed=0)
     lengths = sorted(22 + n for n in range(1, 201))
     assert prepared.max_seq_length == lengths[197]  # nearest-rank p99 of 200 values: the 198th
     assert prepared.report.truncated == 2
-    capped = prepare_dataset(spec(path, maxDroppedFraction=1.0), TOK, seed=0, model_max_length=100)
+    capped = prepare_dataset(spec(path, packing=False, maxDroppedFraction=1.0), TOK, seed=0, model_max_length=100)
     assert capped.max_seq_length == 100
+
+
+def test_auto_max_seq_length_with_packing_keeps_every_row_that_fits_the_model(tmp_path: Path) -> None:
+    # Packed, a long row costs only its own tokens: no row is truncated or dropped to spare the others.
+    rows = [chat_row("q" * n, "a") for n in range(1, 201)]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    prepared = prepare_dataset(spec(path), TOK, seed=0)
+    assert prepared.max_seq_length == 22 + 200
+    assert prepared.report.truncated == 0 and prepared.report.dropped == {}
+    assert len(prepared.train) == 200
+    capped = prepare_dataset(spec(path, maxDroppedFraction=1.0), TOK, seed=0, model_max_length=100)
+    assert capped.max_seq_length == 100 and capped.report.truncated == 200 - (100 - 22)
 
 
 def test_preflight_refuses_when_too_much_is_truncated(tmp_path: Path) -> None:
@@ -197,3 +209,61 @@ spec:
     assert f"{job}:11: spec.dataset.maxDroppedFraction: 67% of the rows were dropped" in result.stderr
     assert "fix the data or raise maxDroppedFraction" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_when_every_row_is_dropped_the_error_names_the_lines_and_reasons(tmp_path: Path) -> None:
+    rows = [chat_row("a" * 200, "b" * 100), chat_row("q", "  "), chat_row("x" * 300, "y" * 100),
+            {"messages": [{"role": "user", "content": "no reply"}]}, chat_row("q", "  ")]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    with pytest.raises(DataError) as caught:
+        prepare_dataset(spec(path, maxSeqLength=64, maxDroppedFraction=1.0), TOK, seed=0)
+    err = caught.value
+    assert err.code == "PreflightFailed" and err.field == "dataset.train"
+    message = str(err)
+    assert "every row was dropped" in message
+    assert "response_too_long (the answer alone is longer than maxSeqLength 64): lines 1, 3" in message
+    assert "empty_response (an assistant turn is empty): lines 2, 5" in message
+    assert "no_assistant_turn (no assistant turn): line 4" in message
+
+
+def test_weight_zero_turns_carry_no_loss_and_rows_without_a_trained_turn_are_dropped(tmp_path: Path) -> None:
+    # OpenAI's fine-tuning guide: the first answer is context (weight 0), the second is trained.
+    marv = {"messages": [{"role": "system", "content": "Marv is a factual chatbot that is also sarcastic."},
+                         {"role": "user", "content": "What's the capital of France?"},
+                         {"role": "assistant", "content": "Paris", "weight": 0},
+                         {"role": "user", "content": "Can you be more sarcastic?"},
+                         {"role": "assistant", "content": "Paris, as if everyone doesn't know that already.",
+                          "weight": 1}]}
+    context_only = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello",
+                                                                     "weight": 0}]}
+    path = write_jsonl(tmp_path / "d.jsonl", [marv, context_only])
+    prepared = prepare_dataset(spec(path, maxDroppedFraction=0.5), TOK, seed=0)
+    assert prepared.report.dropped == {"no_trained_turn": 1}
+    [example] = prepared.train
+    trained = TOK.decode([t for t, label in zip(example.input_ids, example.labels, strict=True)
+                          if label != IGNORE_INDEX])
+    assert trained == "Paris, as if everyone doesn't know that already.<|im_end|>"
+    everything = prepare_dataset(spec(path, trainOn="all"), TOK, seed=0)  # all means every token
+    assert len(everything.train) == 2 and IGNORE_INDEX not in everything.train[0].labels
+
+
+def test_rows_that_differ_only_in_their_tools_are_not_duplicates(tmp_path: Path) -> None:
+    tool = {"type": "function", "function": {"name": "weather", "parameters": {"type": "object"}}}
+    rows = [chat_row("q", "a"), {**chat_row("q", "a"), "tools": [tool]}, {**chat_row("q", "a"), "tools": [tool]}]
+    prepared = prepare_dataset(spec(write_jsonl(tmp_path / "d.jsonl", rows), maxDroppedFraction=0.5), TOK, seed=0)
+    assert prepared.report.duplicates == 1 and len(prepared.train) == 2
+    assert "weather" in TOK.decode(prepared.train[1].input_ids) and "weather" not in TOK.decode(
+        prepared.train[0].input_ids)
+
+
+def test_reasoning_drop_removes_it_before_duplicates_are_counted(tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": "2+2?"},
+                          {"role": "assistant", "content": "4", "reasoning_content": thought}]}
+            for thought in ("Two and two.", "Count: 1, 2, 3, 4.")]
+    path = write_jsonl(tmp_path / "d.jsonl", rows)
+    kept = prepare_dataset(spec(path), TOK, seed=0)
+    assert len(kept.train) == 2 and "<think>\nTwo and two.\n</think>\n\n4<|im_end|>" in TOK.decode(
+        kept.train[0].input_ids)
+    dropped = prepare_dataset(spec(path, reasoning="drop", maxDroppedFraction=0.5), TOK, seed=0)
+    assert dropped.report.duplicates == 1 and len(dropped.train) == 1
+    assert "<think>" not in TOK.decode(dropped.train[0].input_ids)

@@ -3,6 +3,12 @@
 Pure functions: rows in, `Conversation`s and `Problem`s out. Every format becomes a list of
 messages with roles system/user/assistant/tool; prompt/completion keeps a flag so it can be
 joined plainly when no chat template applies, and plain `text` is trained on every token.
+
+Besides its text an assistant message carries its reasoning (from `reasoning_content`, `reasoning`,
+`thinking`, typed `reasoning` content parts, or a leading `<think>…</think>` block), its tool calls
+in the OpenAI form (from `tool_calls`, typed `tool_call` parts, or ShareGPT `function_call` turns;
+JSON-string arguments are parsed into objects, as chat templates expect) and its loss weight (OpenAI's
+`weight: 0|1`).
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 from sftjob_trainer.data.errors import Problem
@@ -29,6 +35,10 @@ SHAREGPT_ROLES = {
     "system": "system",
     "tool": "tool", "observation": "tool", "function_response": "tool",
 }
+# Message fields that hold an assistant turn's reasoning, in the order they are read.
+REASONING_FIELDS = ("reasoning_content", "reasoning", "thinking")
+# The block a reasoning model writes before its answer (DeepSeek-R1, Qwen3, their distillations).
+THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 # What each schema requires, in detection order (the first match wins).
 REQUIRED = {
     "messages": ("messages",),
@@ -53,17 +63,38 @@ class Message:
     """Tool name of a tool turn (OpenAI `name`/`tool_call_id` are kept as given)."""
     tool_call_id: str | None = None
     """Which call a tool turn answers."""
+    reasoning: str = ""
+    """The reasoning (thinking) of an assistant turn, written before its answer."""
+    weight: int = 1
+    """Loss weight of an assistant turn: 0 keeps it as context without loss (OpenAI's `weight`)."""
 
     def to_jinja(self) -> dict[str, Any]:
-        """The message as chat templates expect it (`role`, `content`, optional `tool_calls`, ...)."""
-        out: dict[str, Any] = {"role": self.role, "content": self.content}
+        """The message as chat templates expect it.
+
+        `role` and `content` (None for a turn that only calls tools, as OpenAI writes it), `tool_calls`,
+        `name`, `tool_call_id`, and the reasoning under each name templates read it by
+        (`reasoning_content`, `reasoning`, `thinking`).
+        """
+        content: str | None = None if self.tool_calls and not self.content else self.content
+        out: dict[str, Any] = {"role": self.role, "content": content}
         if self.tool_calls:
-            out["tool_calls"] = [dict(call) for call in self.tool_calls]
+            out["tool_calls"] = [_plain(call) for call in self.tool_calls]
         if self.name is not None:
             out["name"] = self.name
         if self.tool_call_id is not None:
             out["tool_call_id"] = self.tool_call_id
+        if self.reasoning:
+            out.update(dict.fromkeys(REASONING_FIELDS, self.reasoning))
         return out
+
+
+def _plain(value: Any) -> Any:
+    # Copies of the row's nested objects, so a template can never change the conversation it renders.
+    if isinstance(value, Mapping):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 @dataclass(frozen=True)
@@ -80,17 +111,31 @@ class Conversation:
     """Tool (function) definitions offered in this conversation, passed to the chat template."""
 
     def key(self) -> str:
-        """Normalised text for exact de-duplication: whitespace collapsed and case folded."""
-        parts = []
+        """Normalised text for exact de-duplication: whitespace collapsed and case folded.
+
+        Everything that changes what is trained counts: roles, texts, reasoning, tool calls, weights and
+        the tool definitions offered.
+        """
+        parts = [json.dumps(_plain(self.tools), sort_keys=True) if self.tools else ""]
         for m in self.messages:
-            calls = json.dumps([dict(c) for c in m.tool_calls], sort_keys=True) if m.tool_calls else ""
-            parts.append(f"{m.role}\x1f{' '.join(m.content.split()).casefold()}\x1f{calls}")
+            calls = json.dumps(_plain(m.tool_calls), sort_keys=True) if m.tool_calls else ""
+            parts.append(f"{m.role}\x1f{_normal(m.content)}\x1f{_normal(m.reasoning)}\x1f{calls}\x1f{m.weight}")
         return "\x1e".join(parts)
+
+    def without_reasoning(self) -> Conversation:
+        """The conversation with every turn's reasoning removed (`dataset.reasoning: drop`)."""
+        if not any(m.reasoning for m in self.messages):
+            return self
+        return replace(self, messages=tuple(replace(m, reasoning="") for m in self.messages))
 
     @property
     def assistant_indexes(self) -> list[int]:
         """Positions of the assistant turns."""
         return [i for i, m in enumerate(self.messages) if m.role == "assistant"]
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.split()).casefold()
 
 
 class RowError(Exception):
@@ -272,27 +317,102 @@ def _list(data: Mapping[str, Any], field: str) -> list[Any]:
 
 
 def _tools(data: Mapping[str, Any]) -> tuple[Mapping[str, Any], ...]:
+    """The tool definitions of a row, each in the OpenAI form `{type: function, function: {name, ...}}`.
+
+    A bare function schema (`{name, description, parameters}`, as glaive and LLaMA-Factory write them)
+    is wrapped: templates that read `tool.function` (Mistral) need the wrapper, the others print it.
+    """
     value = _maybe_json(data.get("tools"))
     if value is None:
         return ()
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
         raise RowError("tools", f"expected an array of tool definitions (objects), got {_type_name(value)}")
-    return tuple(value)
+    return tuple(t if "function" in t or "name" not in t else {"type": "function", "function": t} for t in value)
 
 
-def _content(value: Any, field: str) -> str:
-    if isinstance(value, str):
+def _tool_call(value: Any, field: str) -> dict[str, Any]:
+    """One tool call in the OpenAI form, with JSON-string arguments parsed into an object."""
+    if not isinstance(value, dict):
+        raise RowError(field, f"expected a tool call object, got {_type_name(value)}")
+    function = value.get("function", value)
+    if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+        raise RowError(f"{field}.function.name" if "function" in value else f"{field}.name",
+                       "a tool call needs the name of the function it calls")
+    arguments = function.get("arguments", {})
+    if isinstance(arguments, str):
+        parsed = _maybe_json(arguments)
+        arguments = parsed if isinstance(parsed, dict) else arguments  # not an object: kept as written
+    out = {k: v for k, v in value.items() if k not in ("function", "name", "arguments")}
+    out["type"] = value.get("type", "function")
+    out["function"] = {**{k: v for k, v in function.items() if k != "arguments"}, "arguments": arguments}
+    return out
+
+
+def _split_think(content: str) -> tuple[str, str]:
+    """(reasoning, answer) of a content that starts with a `<think>…</think>` block; else ("", content)."""
+    body = content.lstrip()
+    if not body.startswith(THINK_OPEN) or THINK_CLOSE not in body:
+        return "", content
+    thought, _, answer = body[len(THINK_OPEN):].partition(THINK_CLOSE)
+    return thought.strip("\n"), answer.lstrip("\n")
+
+
+def _weight(item: Mapping[str, Any], role: str, field: str) -> int:
+    if "weight" not in item or item["weight"] is None:
+        return 1
+    value = item["weight"]
+    if role != "assistant":
+        raise RowError(field, "a loss weight applies to assistant messages only")
+    if isinstance(value, bool) or value not in (0, 1):
+        raise RowError(field, f"expected 0 (no loss) or 1, got {value!r}")
+    return int(value)
+
+
+def _reasoning_field(item: Mapping[str, Any], where: str) -> str:
+    for key in REASONING_FIELDS:
+        value = item.get(key)
+        if value is None or value == "":
+            continue
+        if not isinstance(value, str):
+            raise RowError(f"{where}.{key}", f"expected a string, got {_type_name(value)}")
         return value
+    return ""
+
+
+def _content(value: Any, field: str) -> tuple[str, str, list[dict[str, Any]]]:
+    """(text, reasoning, tool calls) of a message's `content`: a string, or typed parts.
+
+    Parts are `{type: text, text|value}` (OpenAI; LLaMA-Factory writes `value`), `{type: reasoning|thinking,
+    value|text}` and `{type: tool_call, value}` (a JSON call object, as LLaMA-Factory's reasoning data has).
+    """
+    if isinstance(value, str):
+        return value, "", []
     if value is None:
-        return ""
-    if isinstance(value, list):  # OpenAI content parts: [{"type": "text", "text": "..."}]
-        texts = []
-        for i, part in enumerate(value):
-            if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):
-                raise RowError(f"{field}[{i}]", "only text content parts ({type: text, text: ...}) are supported")
-            texts.append(part["text"])
-        return "".join(texts)
-    raise RowError(field, f"expected a string, got {_type_name(value)}")
+        return "", "", []
+    if not isinstance(value, list):
+        raise RowError(field, f"expected a string, got {_type_name(value)}")
+    texts: list[str] = []
+    thoughts: list[str] = []
+    calls: list[dict[str, Any]] = []
+    for i, part in enumerate(value):
+        kind = part.get("type") if isinstance(part, dict) else None
+        body = part.get("text", part.get("value")) if isinstance(part, dict) else None
+        if kind == "tool_call":
+            calls.append(_tool_call(_maybe_json(body), f"{field}[{i}].value"))
+            continue
+        if kind not in ("text", "reasoning", "thinking") or not isinstance(body, str):
+            raise RowError(f"{field}[{i}]", "only text content parts ({type: text, text: ...}) are supported, and "
+                           "reasoning ({type: reasoning, value: ...}) and tool-call ({type: tool_call, value: {name, "
+                           "arguments}}) parts; this part is " + _part_name(part))
+        (texts if kind == "text" else thoughts).append(body)
+    return "".join(texts), "\n".join(thoughts), calls
+
+
+def _part_name(part: Any) -> str:
+    if not isinstance(part, dict):
+        return _type_name(part)
+    kind = part.get("type")
+    return f"of type {kind!r}" if isinstance(kind, str) else "an object without a string `type`"
 
 
 def _messages(items: list[Any], field: str) -> tuple[Message, ...]:
@@ -306,15 +426,26 @@ def _messages(items: list[Any], field: str) -> tuple[Message, ...]:
         role = item["role"]
         if role not in ROLES:
             raise RowError(f"{where}.role", f"unknown role {role!r}; one of: {', '.join(ROLES)}")
-        calls = item.get("tool_calls") or []
-        if not isinstance(calls, list) or not all(isinstance(c, dict) for c in calls):
+        raw_calls = _maybe_json(item.get("tool_calls")) or []
+        if not isinstance(raw_calls, list):
             raise RowError(f"{where}.tool_calls", "expected an array of tool call objects")
+        calls = [_tool_call(c, f"{where}.tool_calls[{j}]") for j, c in enumerate(raw_calls)]
+        text, thought, part_calls = _content(item.get("content"), f"{where}.content")
+        calls += part_calls
         if "content" not in item and not calls:
             raise RowError(f"{where}.content", "required field is missing")
+        if calls and role != "assistant":
+            raise RowError(f"{where}.tool_calls", "only assistant messages call tools")
+        reasoning = "\n".join(r for r in (_reasoning_field(item, where), thought) if r)
+        if role == "assistant" and not reasoning:
+            reasoning, text = _split_think(text)
+        elif reasoning and role != "assistant":
+            raise RowError(where, "only assistant messages carry reasoning")
         name = item.get("name")
         call_id = item.get("tool_call_id")
-        out.append(Message(role, _content(item.get("content"), f"{where}.content"), tuple(calls),
-                           name if isinstance(name, str) else None, call_id if isinstance(call_id, str) else None))
+        out.append(Message(role, text, tuple(calls), name if isinstance(name, str) else None,
+                           call_id if isinstance(call_id, str) else None, reasoning,
+                           _weight(item, role, f"{where}.weight")))
     return tuple(out)
 
 
@@ -334,8 +465,24 @@ def _sharegpt(items: list[Any]) -> tuple[Message, ...]:
             raise RowError(f"{where}.value", "required field is missing")
         if not isinstance(item["value"], str):
             raise RowError(f"{where}.value", f"expected a string, got {_type_name(item['value'])}")
-        out.append(Message(role, item["value"]))
+        if speaker == "function_call":
+            out.append(Message("assistant", "", _function_calls(item["value"], f"{where}.value")))
+        elif role == "assistant":
+            reasoning, text = _split_think(item["value"])
+            out.append(Message(role, text, reasoning=reasoning))
+        else:
+            out.append(Message(role, item["value"]))
     return tuple(out)
+
+
+def _function_calls(value: str, field: str) -> tuple[dict[str, Any], ...]:
+    """The calls of a ShareGPT `function_call` turn: a JSON `{name, arguments}` object or a list of them."""
+    parsed = _maybe_json(value)
+    items = parsed if isinstance(parsed, list) else [parsed]
+    if isinstance(parsed, str) or not items:
+        raise RowError(field, 'a function_call turn holds a JSON object {"name": ..., "arguments": {...}} '
+                       "(or a list of them); this one is not JSON")
+    return tuple(_tool_call(call, field) for call in items)
 
 
 def convert_rows(rows: list[Row], schema: str, column_map: Mapping[str, str], file: str,

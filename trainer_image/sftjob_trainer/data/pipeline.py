@@ -28,16 +28,19 @@ from sftjob_trainer.data.templates import (
     KNOWN_END_OF_TURN,
     JinjaTemplate,
     NamedTemplate,
+    ReasoningNotRendered,
     Rendered,
     Renderer,
     TemplateError,
     TrainOn,
+    end_of_turn_markers,
     resolve_template,
 )
 from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer, encode, first_token_at, mask_labels
 
-# maxSeqLength: auto takes this percentile of the token lengths: the longest 1% are truncated or dropped
-# instead of setting the memory footprint of every batch.
+# maxSeqLength: auto without packing takes this percentile of the token lengths: the longest 1% are truncated
+# or dropped instead of setting the padded size of every batch. With packing a long row costs only its own
+# tokens, so auto keeps every row that fits the model's context.
 AUTO_PERCENTILE = 99
 # A tokenizer's model_max_length above this is transformers' "unset" sentinel (1e30), not a real limit.
 UNSET_MODEL_LENGTH = 10_000_000
@@ -48,6 +51,18 @@ HARMLESS_DROPS = frozenset({"duplicate"})
 # fanned out, a loop that wrote the same rows again) and would train on far fewer examples than it seems to.
 MAX_DUPLICATE_SHARE = 0.5
 SAMPLES = 2
+# Lines named per drop reason when every row was dropped.
+LINES_SHOWN = 8
+# What each drop reason means, for the error that says why no row is left.
+DROP_REASONS = {
+    "empty_text": "the text is empty",
+    "no_assistant_turn": "no assistant turn",
+    "empty_response": "an assistant turn is empty",
+    "no_trained_turn": "every assistant turn that trainOn selects has weight 0",
+    "duplicate": "a copy of an earlier row",
+    "too_long": "longer than maxSeqLength {max_len} (overlong: drop)",
+    "response_too_long": "the answer alone is longer than maxSeqLength {max_len}",
+}
 
 log = logging.getLogger(__name__)
 
@@ -141,14 +156,17 @@ def analyze(spec: DatasetSpec, tokenizer: Any, train: RawDataset, validation: Ra
 
 
 def encode_conversations(conversations: list[Conversation], tokenizer: Any, *, chat_template: str = "auto",
-                         train_on: TrainOn = "assistant") -> list[Example]:
+                         train_on: TrainOn = "assistant", reasoning: str = "keep") -> list[Example]:
     """Render, tokenize and mask conversations with no filtering and no length policy.
 
     Raises:
         DataError: InvalidDataset when the template cannot render a conversation.
     """
     problems: list[Problem] = []
-    encoded = _render_all(conversations, _Renderers(chat_template, tokenizer), train_on, tokenizer, "", problems)
+    if reasoning == "drop":
+        conversations = [c.without_reasoning() for c in conversations]
+    encoded = _render_all(conversations, _Renderers(chat_template, tokenizer), train_on, tokenizer, "", problems,
+                          problems)
     if problems:
         raise DataError.from_problems("InvalidDataset", problems)
     return [Example(e.ids, e.labels, e.ids[:first_token_at(e.starts, e.rendered.prompt_end)], e.rendered.reference,
@@ -178,27 +196,36 @@ class _Renderers:
         return self.cache[kind]
 
 
-def _quality(conversations: list[Conversation], train_on: str) -> tuple[list[Conversation], Counter[str]]:
+def _drop_reason(conv: Conversation, train_on: str) -> str | None:
+    """Why the quality filter drops a row, or None to keep it."""
+    if conv.kind == "text":
+        return "empty_text" if not conv.messages[0].content.strip() else None
+    assistants = [conv.messages[i] for i in conv.assistant_indexes]
+    if not assistants:
+        return None if train_on == "all" else "no_assistant_turn"
+    if any(not m.content.strip() and not m.tool_calls and not m.reasoning.strip() for m in assistants):
+        return "empty_response"
+    selected = assistants[-1:] if train_on == "last_assistant" else assistants
+    if train_on != "all" and not any(m.weight for m in selected):
+        return "no_trained_turn"
+    return None
+
+
+def _quality(conversations: list[Conversation], train_on: str,
+             drops: dict[str, list[int]] | None = None) -> list[Conversation]:
+    """The rows the quality filter keeps; the lines of the others go to `drops` by reason."""
     kept: list[Conversation] = []
-    dropped: Counter[str] = Counter()
     for conv in conversations:
-        if conv.kind == "text":
-            if not conv.messages[0].content.strip():
-                dropped["empty_text"] += 1
-                continue
-        else:
-            assistants = [conv.messages[i] for i in conv.assistant_indexes]
-            if not assistants and train_on != "all":
-                dropped["no_assistant_turn"] += 1
-                continue
-            if any(not m.content.strip() and not m.tool_calls for m in assistants):
-                dropped["empty_response"] += 1
-                continue
-        kept.append(conv)
-    return kept, dropped
+        reason = _drop_reason(conv, train_on)
+        if reason is None:
+            kept.append(conv)
+        elif drops is not None:
+            drops.setdefault(reason, []).append(conv.line)
+    return kept
 
 
-def _dedup(conversations: list[Conversation], enabled: bool) -> tuple[list[Conversation], int]:
+def _dedup(conversations: list[Conversation], enabled: bool,
+           drops: dict[str, list[int]] | None = None) -> tuple[list[Conversation], int]:
     seen: set[str] = set()
     kept, duplicates = [], 0
     for conv in conversations:
@@ -206,6 +233,8 @@ def _dedup(conversations: list[Conversation], enabled: bool) -> tuple[list[Conve
         if key in seen:
             duplicates += 1
             if enabled:
+                if drops is not None:
+                    drops.setdefault("duplicate", []).append(conv.line)
                 continue
         seen.add(key)
         kept.append(conv)
@@ -213,11 +242,21 @@ def _dedup(conversations: list[Conversation], enabled: bool) -> tuple[list[Conve
 
 
 def _render_all(conversations: list[Conversation], renderers: _Renderers, train_on: TrainOn, tokenizer: Any,
-                file: str, problems: list[Problem]) -> list[_Encoded]:
+                file: str, problems: list[Problem], unrendered_reasoning: list[Problem]) -> list[_Encoded]:
+    """Render, tokenize and mask.
+
+    A row the template cannot render goes to `problems`; one whose reasoning it cannot render goes to
+    `unrendered_reasoning` (a preflight matter of `dataset.reasoning`).
+    """
     rendered: list[tuple[Conversation, Rendered]] = []
     for conv in conversations:
         try:
             rendered.append((conv, renderers.get(conv.kind).render(conv, train_on)))
+        except ReasoningNotRendered as err:
+            unrendered_reasoning.append(Problem(
+                f"{err}; this row carries reasoning: set dataset.reasoning: drop to train on the answers "
+                "without it, or use a chat template that renders reasoning (for DeepSeek-R1 distills, TRL's "
+                "deepseek_r1_distill_training.jinja as an inline chatTemplate)", file, conv.line, "dataset.reasoning"))
         except TemplateError as err:
             problems.append(Problem(str(err), file, conv.line, "chatTemplate"))
     encoded = encode(tokenizer, [r.text for _, r in rendered])
@@ -313,12 +352,12 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     dropped: Counter[str] = Counter()
     if row_problems and conversations:
         dropped["invalid"] = len(train_raw.rows) - len(conversations)
-    conversations, quality_drops = _quality(conversations, spec.train_on)
-    dropped.update(quality_drops)
-    conversations, report.duplicates = _dedup(conversations, spec.dedup)
-    if spec.dedup and report.duplicates:
-        dropped["duplicate"] = report.duplicates
-    elif report.rows and report.duplicates / report.rows > MAX_DUPLICATE_SHARE:
+    if spec.reasoning == "drop":
+        conversations = [c.without_reasoning() for c in conversations]
+    drops: dict[str, list[int]] = {}  # the lines of the dropped rows by reason, for an error that names them
+    conversations = _quality(conversations, spec.train_on, drops)
+    conversations, report.duplicates = _dedup(conversations, spec.dedup, drops)
+    if not spec.dedup and report.rows and report.duplicates / report.rows > MAX_DUPLICATE_SHARE:
         report.warnings.append(f"{report.duplicates} of the {report.rows} rows are exact duplicates of another row; "
                                "dedup is off, so they are trained as given")
 
@@ -328,7 +367,9 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
         _, validation_convs, val_problems = convert_rows(val_raw.rows, schema if schema != "unknown" else "auto",
                                                          spec.column_map, val_raw.uri)
         invalid.extend(val_problems)
-        validation_convs, _ = _quality(validation_convs, spec.train_on)
+        if spec.reasoning == "drop":
+            validation_convs = [c.without_reasoning() for c in validation_convs]
+        validation_convs = _quality(validation_convs, spec.train_on)
         validation_convs, _ = _dedup(validation_convs, spec.dedup)
         train_keys = {c.key() for c in conversations}
         report.validation_overlap = sum(1 for c in validation_convs if c.key() in train_keys)
@@ -356,16 +397,20 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
 
     encoded: list[_Encoded] = []
     val_encoded: list[_Encoded] = []
+    unrendered_reasoning: list[Problem] = []
     if renderer is not None:
-        encoded = _render_all(conversations, renderers, spec.train_on, tokenizer, file, invalid)
-        val_encoded = _render_all(validation_convs, renderers, spec.train_on, tokenizer, val_file, invalid)
+        encoded = _render_all(conversations, renderers, spec.train_on, tokenizer, file, invalid,
+                              unrendered_reasoning)
+        val_encoded = _render_all(validation_convs, renderers, spec.train_on, tokenizer, val_file, invalid,
+                                  unrendered_reasoning)
 
     lengths = sorted(len(e.ids) for e in encoded)
     report.length_percentiles = {"p50": _percentile(lengths, 50), "p95": _percentile(lengths, 95),
                                  "p99": _percentile(lengths, 99), "max": lengths[-1] if lengths else 0}
     limit = _model_limit(tokenizer, model_max_length)
     if spec.max_seq_length == "auto":
-        max_len = _percentile(lengths, AUTO_PERCENTILE) or 1
+        # Packed, a long row costs only its own tokens: keep every row the model's context holds.
+        max_len = (lengths[-1] if spec.packing and lengths else _percentile(lengths, AUTO_PERCENTILE)) or 1
         max_len = min(max_len, limit) if limit else max_len
     else:
         max_len = int(spec.max_seq_length)
@@ -379,7 +424,7 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     for item in encoded:
         example, outcome = _apply_length(item, max_len, spec.overlong, bos_id)
         if example is None:
-            dropped[outcome] += 1
+            drops.setdefault(outcome, []).append(item.conversation.line)
             continue
         report.truncated += outcome == "truncated"
         train.append(example)
@@ -389,9 +434,16 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
         if example is not None:
             validation.append(example)
 
-    markers = [r.end_of_turn for r in renderers.cache.values() if isinstance(r, NamedTemplate)]
+    left_out = [(e.conversation.line, e.conversation.messages[i].role) for e in encoded for i in e.rendered.left_out]
+    for role in sorted({role for _, role in left_out}):
+        lines = [line for line, r in left_out if r == role]
+        report.warnings.append(f"the chat template leaves the {role} turn out of {len(lines)} row"
+                               f"{'' if len(lines) == 1 else 's'} (first: {file}:{lines[0]}): the model never "
+                               "sees it in training; check that the template renders what you mean it to")
+    markers = [m for r in renderers.cache.values() for m in end_of_turn_markers(r)]
     stops = stop_token_ids(tokenizer, markers)
     stop_set = set(stops)
+    dropped.update({reason: len(lines) for reason, lines in drops.items()})
     report.dropped = dict(sorted(dropped.items()))
     report.train_examples, report.validation_examples = len(train), len(validation)
     report.tokens = sum(len(e.input_ids) for e in train)
@@ -400,19 +452,31 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     report.eos_trained = any(stop in e.labels for stop in stop_set for e in train)
     report.samples = _samples(tokenizer, train)
 
-    if not invalid:
-        preflight = _preflight(spec, report, file, template_name, renderer)
+    preflight.extend(unrendered_reasoning)
+    if not invalid and not unrendered_reasoning:
+        preflight.extend(_preflight(spec, report, file, template_name, renderer, drops))
     report.errors = [p.to_json() for p in [*invalid, *preflight]]
     prepared = PreparedData(train, validation, report, max_len, template_name, stops)
     return prepared, invalid, preflight
 
 
+def _every_row_dropped(drops: dict[str, list[int]], max_len: int) -> str:
+    """Which rows were dropped and why, reason by reason, naming their lines."""
+    parts = []
+    for reason, lines in sorted(drops.items(), key=lambda item: item[1][0]):
+        shown = ", ".join(str(line) for line in lines[:LINES_SHOWN])
+        more = f" and {len(lines) - LINES_SHOWN} more" if len(lines) > LINES_SHOWN else ""
+        why = DROP_REASONS.get(reason, reason).format(max_len=max_len)
+        parts.append(f"{reason} ({why}): line{'s' if len(lines) > 1 else ''} {shown}{more}")
+    return "; ".join(parts) or "no row was read"
+
+
 def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
-               renderer: Renderer | None) -> list[Problem]:
+               renderer: Renderer | None, drops: dict[str, list[int]]) -> list[Problem]:
     problems: list[Problem] = []
     if report.train_examples == 0:
-        problems.append(Problem("no training examples are left after filtering "
-                                f"(dropped: {report.dropped or 'none'})", file, None, "dataset.train"))
+        problems.append(Problem("no training examples are left: every row was dropped: "
+                                f"{_every_row_dropped(drops, report.max_seq_length)}", file, None, "dataset.train"))
         return problems
     if spec.dedup and report.rows and report.duplicates / report.rows > MAX_DUPLICATE_SHARE:
         left = report.train_examples + report.validation_examples

@@ -33,7 +33,8 @@ class DataReport:
     validation_examples: int = 0
     """Held-out examples."""
     dropped: dict[str, int] = field(default_factory=dict)
-    """Dropped training rows by reason: invalid, empty_response, no_assistant_turn, duplicate, too_long."""
+    """Dropped training rows by reason: invalid, empty_text, empty_response, no_assistant_turn, no_trained_turn,
+    duplicate, too_long, response_too_long."""
     truncated: int = 0
     """Training examples cut from the prompt side to maxSeqLength."""
     duplicates: int = 0
