@@ -1,4 +1,5 @@
-"""The local Ray cluster's control plane runs below the training workers (sftjob_trainer.local_ray)."""
+"""The local Ray cluster (sftjob_trainer.local_ray): its control plane runs below the training workers, and workers
+it cannot place fail at once."""
 
 from __future__ import annotations
 
@@ -12,10 +13,13 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
+from sftjob_api.progress import UNSCHEDULABLE
 from sftjob_trainer import local_ray
+from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.local_ray import (
     CONTROL_PLANE_NICENESS,
     ControlPlanePriority,
+    check_resources,
     is_control_plane,
     lower_control_plane_priority,
 )
@@ -140,3 +144,37 @@ def test_a_local_cluster_goes_without_the_helpers_a_laptop_has_no_use_for(monkey
     assert local_ray.init_ray("ray://head:10001") is False  # a cluster's helpers are its own business
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in os.environ
     assert started == [None, "ray://head:10001"]
+
+
+@pytest.mark.parametrize(("cluster", "workers", "cpus", "gpus", "field", "fix"), [
+    # a new user's job file on a laptop: gpusPerWorker left at its default
+    ({"CPU": 2.0}, 1, 1, 1, "spec.compute.gpusPerWorker", "set spec.compute.gpusPerWorker: 0 to train on CPU"),
+    ({"CPU": 8.0, "GPU": 1.0}, 2, 1, 1, "spec.compute.gpusPerWorker",
+     "set spec.compute.numWorkers: 1 or spec.compute.gpusPerWorker: 0 to train on CPU"),
+    ({"CPU": 8.0, "GPU": 2.0}, 1, 1, 4, "spec.compute.gpusPerWorker",
+     "set spec.compute.gpusPerWorker: 0 to train on CPU"),
+    ({"CPU": 2.0}, 3, 1, 0, "spec.compute.numWorkers", "set spec.compute.numWorkers: 2"),
+])
+def test_workers_a_cluster_of_one_machine_cannot_place_fail_naming_the_field_and_fix(
+    cluster: dict[str, float], workers: int, cpus: int, gpus: int, field: str, fix: str,
+) -> None:
+    with pytest.raises(TrainerError) as failed:
+        check_resources(cluster, workers, cpus, gpus)
+    assert (failed.value.code, failed.value.field, failed.value.retryable) == (UNSCHEDULABLE, field, False)
+    assert failed.value.message.endswith(fix)
+
+
+def test_the_gpu_message_says_what_the_machine_has_and_what_the_job_asks() -> None:
+    with pytest.raises(TrainerError) as failed:
+        check_resources({"CPU": 2.0}, 1, 1, 1)
+    assert failed.value.message == ("this machine's Ray cluster has 0 GPUs but the job asks for 1 worker x 1 GPU "
+                                    "(gpusPerWorker defaults to 1): set spec.compute.gpusPerWorker: 0 to train on CPU")
+
+
+@pytest.mark.parametrize(("cluster", "workers", "cpus", "gpus"), [
+    ({"CPU": 2.0}, 2, 1, 0),
+    ({"CPU": 16.0, "GPU": 2.0}, 2, 4, 1),
+    ({"CPU": 4.0, "GPU": 4.0}, 1, 4, 4),
+])
+def test_workers_that_fit_pass(cluster: dict[str, float], workers: int, cpus: int, gpus: int) -> None:
+    check_resources(cluster, workers, cpus, gpus)

@@ -1,7 +1,8 @@
 """`python -m sftjob_trainer`: run the SFTJob given in SFTJOB_CONFIG (JSON) or SFTJOB_CONFIG_FILE.
 
-Exit codes: 0 success, 1 a failure recorded in progress.json (`phase: Failed`, `error`). Expected
-failures print one line to stderr, never a traceback.
+Exit codes: 0 success, 1 a failure recorded in progress.json (`phase: Failed`, `error`), 130 stopped by SIGINT or
+SIGTERM (Kubernetes sends SIGTERM when it deletes the pod), recorded as error `Cancelled`. Expected failures print
+one line to stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from sftjob_api.progress import CANCELLED
 from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.interrupts import EXIT_CANCELLED
 
 
 def main() -> int:
@@ -23,7 +26,7 @@ def main() -> int:
         result = run_job(ctx)
     except TrainerError as err:
         print(f"sftjob-trainer: {err.code}: {err.message}", file=sys.stderr)
-        return 1
+        return EXIT_CANCELLED if err.code == CANCELLED else 1
     print(f"sftjob-trainer: succeeded after {result.progress.step} steps; artifacts in {result.output_uri}")
     return 0
 

@@ -24,7 +24,11 @@ from __future__ import annotations
 
 import os
 import threading
+from collections.abc import Mapping
 from types import TracebackType
+
+from sftjob_api.progress import UNSCHEDULABLE
+from sftjob_trainer.errors import TrainerError
 
 RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Ray's default worker niceness is 15, which would put the training workers below every other process.
@@ -50,6 +54,9 @@ KEEP_PRIORITY_TITLES = ("ray::RayTrainWorker", "ray::IDLE")
 UNTITLED_WORKER_SCRIPT = "default_worker.py"
 # The raylet forks every new worker, and a child inherits its niceness (Ray's worker niceness is an increment).
 RAYLET_BINARY = "raylet"
+# Seconds the processes of a stopped local cluster get to exit after ray.shutdown() before they are killed;
+# ray.shutdown() itself gives the raylet and GCS 1 s after SIGTERM, and the raylet stops its workers.
+SHUTDOWN_GRACE_S = 5.0
 
 
 def init_ray(address: str | None) -> bool:
@@ -70,6 +77,68 @@ def init_ray(address: str | None) -> bool:
             os.environ.setdefault(name, value)  # read by fit() here and passed on to Ray Train's controller
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
     return not address
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def check_resources(cluster: Mapping[str, float], num_workers: int, cpus_per_worker: int,
+                    gpus_per_worker: int) -> None:
+    """Fail when a cluster of one machine cannot place the Ray Train workers, instead of waiting for ever.
+
+    Only for a cluster the driver started itself (`init_ray` returned True): a cluster it joins may grow
+    (the autoscaler, KubeRay), so there the workers wait for their resources.
+
+    Args:
+        cluster: `ray.cluster_resources()`.
+        num_workers: `spec.compute.numWorkers`.
+        cpus_per_worker: CPUs each worker reserves (`driver.worker_cpus`: cpusPerWorker capped by the cluster).
+        gpus_per_worker: `spec.compute.gpusPerWorker`.
+
+    Raises:
+        TrainerError: `Unschedulable`, naming the field to change and the value that fits.
+    """
+    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 0))
+    asks = f"the job asks for {_count(num_workers, 'worker')} x"
+    if num_workers * gpus_per_worker > gpus:
+        fits = gpus // gpus_per_worker
+        fixes = [f"spec.compute.numWorkers: {fits}"] if fits else []
+        fixes.append("spec.compute.gpusPerWorker: 0 to train on CPU")
+        raise TrainerError(
+            UNSCHEDULABLE,
+            f"this machine's Ray cluster has {_count(gpus, 'GPU')} but {asks} {_count(gpus_per_worker, 'GPU')}"
+            f"{' (gpusPerWorker defaults to 1)' if gpus_per_worker == 1 else ''}: set {' or '.join(fixes)}",
+            "spec.compute.gpusPerWorker",
+        )
+    if num_workers * cpus_per_worker > cpus:
+        raise TrainerError(
+            UNSCHEDULABLE,
+            f"this machine's Ray cluster has {_count(cpus, 'CPU')} but {asks} {_count(cpus_per_worker, 'CPU')}"
+            f": set spec.compute.numWorkers: {max(1, cpus // cpus_per_worker)}",
+            "spec.compute.numWorkers",
+        )
+
+
+def shutdown(grace_s: float = SHUTDOWN_GRACE_S) -> None:
+    """Disconnect from Ray; for a cluster started here, return only once every process it started has exited.
+
+    The processes are this driver's descendants, listed before `ray.shutdown()`: the raylet's workers are
+    re-parented when it exits, so they could not be found afterwards. Those left after `grace_s` are killed.
+    A driver that joined a cluster has no such processes, and leaves the cluster running.
+    """
+    import psutil
+    import ray
+
+    started = psutil.Process().children(recursive=True)
+    ray.shutdown()
+    _, alive = psutil.wait_procs(started, timeout=grace_s)
+    for process in alive:
+        try:
+            process.kill()
+        except psutil.NoSuchProcess:
+            continue
+    psutil.wait_procs(alive, timeout=grace_s)
 
 
 def is_control_plane(cmdline: list[str]) -> bool:
