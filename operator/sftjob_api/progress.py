@@ -12,7 +12,7 @@ from typing import Literal
 from pydantic import Field
 
 from sftjob_api.base import ApiModel, StorageUri, Text
-from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, Metrics, ResolvedSettings
+from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, EvaluationStatus, Metrics, ResolvedSettings
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.jsonl"
@@ -25,6 +25,18 @@ DATA_CACHE_DIR = "cache/data"
 
 TrainerPhase = Literal["Initializing", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
 
+# The fine-tuned model lost more on the reference set than `evaluation.maxForgetting` allows: the error code
+# with `onForgetting: fail`, the reason of the `Degraded` condition with `onForgetting: degrade`. Another
+# attempt would train the same model again, so it is never retried.
+FORGETTING_EXCEEDED = "ForgettingExceeded"
+# The workers ask for more than the Ray cluster has (`sftjob run`: GPUs or CPUs this machine lacks; the operator:
+# KubeRay's pre-running deadline passed). The same request cannot be placed again, so it is never retried.
+UNSCHEDULABLE = "Unschedulable"
+# SIGINT or SIGTERM stopped the trainer (Ctrl-C, `kill`, a deleted pod). Retried: in a cluster the pod's SIGTERM
+# comes from a node drain or preemption as often as from a user, and a user stops a job by suspending or deleting
+# the SFTJob, which the operator does not retry. `sftjob run` never retries; rerunning it resumes.
+CANCELLED = "Cancelled"
+
 # Error codes the trainer reports; the operator retries only the retryable ones.
 NON_RETRYABLE_CODES = frozenset(
     {
@@ -36,9 +48,13 @@ NON_RETRYABLE_CODES = frozenset(
         "MissingCredentials",
         "PreflightFailed",
         "UnsupportedDevice",
+        FORGETTING_EXCEEDED,
+        UNSCHEDULABLE,
     }
 )
-RETRYABLE_CODES = frozenset({"NodeLost", "Preempted", "NcclTimeout", "StorageUnavailable", "WorkerCrashed"})
+RETRYABLE_CODES = frozenset(
+    {"NodeLost", "Preempted", "NcclTimeout", "StorageUnavailable", "WorkerCrashed", CANCELLED}
+)
 # Out of memory repeats with the same settings; retried only with runPolicy.retryOnOutOfMemory.
 OUT_OF_MEMORY = "OutOfMemory"
 
@@ -78,6 +94,9 @@ class ProgressFile(ApiModel):
 
     metrics: Metrics = Field(default_factory=Metrics)
     """Latest metrics."""
+
+    evaluation: EvaluationStatus | None = None
+    """Evaluation after training (forgetting on the reference set); the operator copies it to the status."""
 
     resolved: ResolvedSettings | None = None
     """Values chosen for `auto` and unset fields."""
@@ -133,8 +152,10 @@ def job_output_uri(output_uri: str, name: str, namespace: str | None) -> Storage
 
 __all__ = [
     "ADAPTER_DIR",
+    "CANCELLED",
     "CHECKPOINTS_DIR",
     "DATA_CACHE_DIR",
+    "FORGETTING_EXCEEDED",
     "MANIFEST_FILE",
     "METRICS_FILE",
     "MODEL_DIR",
@@ -142,6 +163,7 @@ __all__ = [
     "OUT_OF_MEMORY",
     "PROGRESS_FILE",
     "RETRYABLE_CODES",
+    "UNSCHEDULABLE",
     "ProgressFile",
     "format_duration",
     "job_output_uri",

@@ -53,6 +53,15 @@ DnsLabel = Annotated[
 ]
 _JINJA = re.compile(r"\{[{%#]")
 NAMED_CHAT_TEMPLATES = ("chatml", "llama3", "zephyr")
+# GGUF files (llama.cpp's format): a source with this suffix, or a file named by model.ggufFile.
+GGUF_SUFFIX = ".gguf"
+# A file in a repository: path segments that start with a letter, digit or '_' (so never '..').
+_GGUF_FILE = r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*(/[A-Za-z0-9_][A-Za-z0-9_.+-]*)*\.gguf$"
+GgufFile = Annotated[
+    str,
+    Field(max_length=MAX_NAME, json_schema_extra={"pattern": _GGUF_FILE}),
+    matches(_GGUF_FILE, "a .gguf file in the repository, e.g. model.Q4_K_M.gguf or Q4_K_M/model.gguf"),
+]
 
 
 class SecretReference(ApiModel):
@@ -70,9 +79,23 @@ class SecretReference(ApiModel):
 class ModelSpec(ApiModel):
     """The base model to fine-tune."""
 
+    cel_rules = (
+        CelRule(
+            rule="!has(self.ggufFile) || self.source.startsWith('hf://')",
+            message="ggufFile names a file in an hf:// repository; for a local or s3:// GGUF file, point source at it",
+            field_path=".ggufFile",
+        ),
+    )
+
     source: ModelUri
     """Where the base model is: `hf://org/name[@revision]` (Hugging Face Hub), `s3://bucket/prefix`
-    (a directory written by `save_pretrained`), or a filesystem path visible to the trainer."""
+    (a directory written by `save_pretrained`), or a filesystem path visible to the trainer. A path or
+    `s3://` key ending in `.gguf` is a GGUF file (llama.cpp, Ollama): it is dequantised and fine-tuned
+    like any other base model."""
+
+    gguf_file: GgufFile | None = None
+    """The GGUF file to load from the `hf://` repository in `source` (e.g. `SmolLM2-135M-Instruct.Q4_1.gguf`).
+    The weights are dequantised to the training precision; full and merged exports are safetensors."""
 
     revision: Name | None = None
     """Hub revision (branch, tag or commit). Overrides an `@revision` suffix on `source`."""
@@ -89,6 +112,18 @@ class ModelSpec(ApiModel):
 
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = "auto"
     """Precision the base weights are loaded in. `auto`: bfloat16 on GPUs that support it, else float32."""
+
+    @model_validator(mode="after")
+    def _gguf_file_in_a_repository(self) -> ModelSpec:
+        if self.gguf_file is not None and not self.source.startswith("hf://"):
+            raise ValueError("ggufFile: names a file in an hf:// repository; for a local or s3:// GGUF file, "
+                             "point source at the .gguf file itself")
+        return self
+
+    @property
+    def is_gguf(self) -> bool:
+        """Whether the base model is a GGUF file (`ggufFile` in a repository, or a source ending in `.gguf`)."""
+        return self.gguf_file is not None or self.source.lower().endswith(GGUF_SUFFIX)
 
 
 # -------------------------------------------------------------------------------------------- dataset
@@ -140,7 +175,15 @@ class DatasetSpec(ApiModel):
 
     train_on: Literal["assistant", "last_assistant", "all"] = "assistant"
     """Which tokens carry loss: every assistant turn (`assistant`), only the last assistant turn
-    (`last_assistant`), or every token (`all`). The end-of-turn token after a trained turn is trained."""
+    (`last_assistant`), or every token (`all`). A trained turn is its content (reasoning and tool calls
+    included, as the chat template renders them) and the end-of-turn token right after it. An assistant
+    message with `weight: 0` carries no loss."""
+
+    reasoning: Literal["keep", "drop"] = "keep"
+    """Reasoning of assistant turns (`reasoning_content`, `reasoning`, `thinking`, or a leading
+    `<think>` block): `keep` renders it through the chat template and trains it with the turn (a template
+    that shows only the last turn's reasoning keeps only that one; one that cannot render it fails
+    preflight); `drop` removes it, so only the answers are trained."""
 
     max_seq_length: int | Literal["auto"] = Field(
         default="auto",
@@ -153,7 +196,8 @@ class DatasetSpec(ApiModel):
             ]
         },
     )
-    """Longest example in tokens. `auto`: the 99th percentile of the token lengths, capped at the model's limit."""
+    """Longest example in tokens. `auto`: with `packing`, the longest example (every row the model's context
+    holds is kept whole); without, the 99th percentile of the token lengths. Capped at the model's limit."""
 
     overlong: Literal["truncate_prompt", "drop"] = "truncate_prompt"
     """What happens to an example longer than `maxSeqLength`: cut from the start of the prompt
@@ -448,14 +492,56 @@ class CheckpointingSpec(ApiModel):
         return check_storage_uri(value)
 
 
+class ReferenceSet(DataSource):
+    """Text the base model handles and the fine-tuned model must keep handling: the yardstick of forgetting."""
+
+    max_rows: int = Field(default=256, ge=1, le=100_000)
+    """Rows read from the start of the file; later rows are ignored, so the check stays cheap."""
+
+    max_tokens: int = Field(default=16384, ge=16, le=10_000_000)
+    """Tokens (prompt and answer) scored at most: rows are taken in file order until this budget is spent,
+    each cut to the job's resolved `maxSeqLength`. The check costs two forward passes over them."""
+
+
 class EvaluationSpec(ApiModel):
-    """Generated samples written to `eval_samples.jsonl` after training."""
+    """Evaluation after training: generated samples (`eval_samples.jsonl`) and forgetting on a reference set."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.maxForgetting) || has(self.reference)",
+            message="maxForgetting needs a reference set (evaluation.reference) to measure forgetting on",
+            field_path=".maxForgetting",
+        ),
+    )
 
     num_samples: int = Field(default=16, ge=0, le=1000)
     """How many validation prompts to answer with the base and the fine-tuned model."""
 
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
     """Longest generated answer in tokens."""
+
+    reference: ReferenceSet | None = None
+    """A reference set to measure forgetting on: the mean token loss of the base model (before training) and
+    of the fine-tuned model on it, and their ratio, are reported in `status.evaluation.forgetting`,
+    `manifest.json` and the model card. Rows with a `text` column are scored on every token; chat rows
+    (`messages`, or any other `dataset.schema` layout) on their assistant turns, rendered with
+    `dataset.chatTemplate`. Read with the dataset's credentials (`dataset.secretRef`)."""
+
+    max_forgetting: float | None = Field(default=None, gt=0)
+    """Largest accepted ratio of the fine-tuned to the base model's loss on `reference` (e.g. 1.1: at most
+    10% higher). Above it the job ends as `onForgetting` says. Unset: forgetting is reported, never enforced."""
+
+    on_forgetting: Literal["degrade", "fail"] = "degrade"
+    """What a ratio above `maxForgetting` does. `degrade`: the job succeeds with its outputs kept and marked
+    (a `Degraded` condition with reason `ForgettingExceeded`, and a warning in `manifest.json` and the model
+    card). `fail`: the job fails with the non-retryable error `ForgettingExceeded` and writes no
+    `manifest.json`, so no reader trusts the weights left in the output."""
+
+    @model_validator(mode="after")
+    def _gate_needs_reference(self) -> EvaluationSpec:
+        if self.max_forgetting is not None and self.reference is None:
+            raise ValueError("maxForgetting: needs a reference set (evaluation.reference) to measure forgetting on")
+        return self
 
 
 class OutputSpec(ApiModel):
@@ -547,7 +633,7 @@ class SFTJobSpec(ApiModel):
     """Checkpoint cadence, retention and resume."""
 
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
-    """Generated samples after training."""
+    """Generated samples and forgetting on a reference set, after training."""
 
     output: OutputSpec
     """Where the artifacts go."""
@@ -567,7 +653,8 @@ class Condition(ApiModel):
     """A condition in the shape of metav1.Condition."""
 
     type: Name
-    """Condition type in CamelCase: `Validated`, `Running`, `Succeeded`, `Failed`, `Suspended`."""
+    """Condition type in CamelCase: `Validated`, `Running`, `Succeeded`, `Failed`, `Suspended`, `Degraded`
+    (succeeded, but the outputs are marked: e.g. reason `ForgettingExceeded`)."""
 
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
@@ -759,6 +846,57 @@ class Metrics(ApiModel):
     """Fraction of loss-bearing validation tokens predicted exactly."""
 
 
+class ForgettingResult(ApiModel):
+    """Forgetting on `spec.evaluation.reference`: the mean token loss of the base and the fine-tuned model.
+
+    Losses are means over the loss-bearing tokens of the whole set (token-weighted, not a mean of row means).
+    A loss that is not finite (a diverged model) is left out, and its ratio with it.
+    """
+
+    base_loss: float | None = None
+    """Mean token loss of the base model, measured before training."""
+
+    tuned_loss: float | None = None
+    """Mean token loss of the fine-tuned model."""
+
+    ratio: float | None = None
+    """tunedLoss / baseLoss: above 1 the fine-tuned model predicts the reference set worse than the base."""
+
+    tokens: int = Field(default=0, ge=0)
+    """Loss-bearing tokens the means are taken over."""
+
+    rows: int = Field(default=0, ge=0)
+    """Reference rows scored."""
+
+    max_forgetting: float | None = None
+    """The `evaluation.maxForgetting` the ratio was held against (unset: no gate)."""
+
+    exceeded: bool = False
+    """Whether the ratio is above `maxForgetting` (or could not be measured while a gate was set)."""
+
+    def summary(self) -> str:
+        """One line: `forgetting on the reference set (N tokens): base loss X, tuned loss Y, ratio Z`.
+
+        With a `maxForgetting`, the line ends with where the ratio stands against it.
+        """
+
+        def show(value: float | None, digits: int) -> str:
+            return "not finite" if value is None else f"{value:.{digits}f}"
+
+        line = (f"forgetting on the reference set ({self.tokens} tokens): base loss {show(self.base_loss, 4)}, "
+                f"tuned loss {show(self.tuned_loss, 4)}, ratio {show(self.ratio, 3)}")
+        if self.max_forgetting is not None:
+            line += f", {'above' if self.exceeded else 'within'} evaluation.maxForgetting {self.max_forgetting}"
+        return line
+
+
+class EvaluationStatus(ApiModel):
+    """Evaluation of the fine-tuned model against its base, from the trainer."""
+
+    forgetting: ForgettingResult | None = None
+    """Loss on the reference set before and after training (set when `evaluation.reference` is)."""
+
+
 class CheckpointRef(ApiModel):
     """A saved checkpoint."""
 
@@ -846,6 +984,9 @@ class SFTJobStatus(ApiModel):
 
     metrics: Metrics | None = None
     """Latest metrics."""
+
+    evaluation: EvaluationStatus | None = None
+    """Evaluation results: forgetting on the reference set."""
 
     best_checkpoint: CheckpointRef | None = None
     """The checkpoint with the lowest evaluation loss."""

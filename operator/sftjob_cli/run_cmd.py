@@ -78,18 +78,22 @@ def _follow(output_uri: str, done: threading.Event) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+    from sftjob_cli.main import EXIT_INTERNAL, EXIT_INVALID
+
     job = _load(args.file)
     if job is None:
-        return 2
+        return EXIT_INVALID
+    from sftjob_api.progress import CANCELLED, FORGETTING_EXCEEDED, NON_RETRYABLE_CODES
     from sftjob_trainer.config import context_for
     from sftjob_trainer.driver import run_job
     from sftjob_trainer.errors import TrainerError
+    from sftjob_trainer.interrupts import EXIT_CANCELLED
 
     try:
         ctx = context_for(job, 1, args.output)
     except TrainerError as err:
         print(f"{args.file}: {err.field}: {err.message}", file=sys.stderr)
-        return 2
+        return EXIT_INVALID
     done = threading.Event()
     follower = None
     if not args.no_progress:
@@ -102,9 +106,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if follower is not None:
             follower.join()
         where = f" ({err.field})" if err.field else ""
-        print(f"sftjob run: failed: {err.code}{where}: {err.message}", file=sys.stderr)
-        return 2 if err.code in ("InvalidSpec", "InvalidDataset", "PreflightFailed", "DatasetUnreadable",
-                                 "ModelUnreadable", "UnsupportedDevice", "MissingCredentials") else 1
+        outcome = "stopped" if err.code == CANCELLED else "failed"
+        print(f"sftjob run: {outcome}: {err.code}{where}: {err.message}", file=sys.stderr)
+        if err.code == CANCELLED:
+            return EXIT_CANCELLED
+        # What no rerun can fix until the user changes something is bad input: the job file, its data, model or
+        # credentials, or resources this machine lacks. A forgetting gate is an outcome of the training itself.
+        return EXIT_INVALID if err.code in NON_RETRYABLE_CODES - {FORGETTING_EXCEEDED} else EXIT_INTERNAL
     finally:
         done.set()
     if follower is not None:
@@ -116,4 +124,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     base, tuned, count = result.exact_match
     if count:
         print(f"held-out exact match ({count} prompts): base {base:.1%} -> fine-tuned {tuned:.1%}")
+    forgetting = result.progress.evaluation.forgetting if result.progress.evaluation else None
+    if forgetting is not None:
+        print(forgetting.summary())
+        if forgetting.exceeded:  # onForgetting: fail ended above, with the error
+            print("DEGRADED: the fine-tuned model forgot more than evaluation.maxForgetting allows; the outputs are "
+                  "kept and marked degraded in manifest.json and README.md (onForgetting: degrade)")
     return 0

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from sftjob_api.errors import FieldProblem
 from sftjob_api.progress import (
     ADAPTER_DIR,
+    FORGETTING_EXCEEDED,
     MANIFEST_FILE,
     MODEL_DIR,
     NON_RETRYABLE_CODES,
@@ -292,6 +293,8 @@ def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
         status.resolved = progress.resolved
     if progress.dataset is not None:
         status.dataset = progress.dataset
+    if progress.evaluation is not None:
+        status.evaluation = progress.evaluation
     known = max((c.step for c in status.checkpoints), default=-1)
     if progress.checkpoints:
         newest = max(progress.checkpoints, key=lambda c: c.step)
@@ -363,9 +366,20 @@ def _conditions_for(
         wanted.append(("Suspended", phase == "Suspended", reason if phase == "Suspended" else "Resumed", ""))
     if phase == "Succeeded":
         wanted.append(("Succeeded", True, "Succeeded", message))
+        degraded = _degraded(status)
+        if degraded is not None:
+            wanted.append(("Degraded", True, FORGETTING_EXCEEDED, degraded))
     if phase == "Failed" and status.error is not None:
         wanted.append(("Failed", True, status.error.code, status.error.message))
     return wanted
+
+
+def _degraded(status: SFTJobStatus) -> str | None:
+    """Why a job's outputs are kept but marked degraded (`evaluation.onForgetting: degrade`), or None."""
+    forgetting = status.evaluation.forgetting if status.evaluation else None
+    if forgetting is None or not forgetting.exceeded:
+        return None
+    return f"{forgetting.summary()}; the outputs are kept and marked degraded (onForgetting: degrade)"
 
 
 def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Event]:
@@ -381,7 +395,10 @@ def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Eve
         return [Event("Normal", "Resumed", "resumed; the trainer continues from the latest checkpoint")]
     if phase == "Succeeded":
         where = status.output.uri if status.output else ""
-        return [Event("Normal", "Succeeded", f"artifacts in {where}")]
+        degraded = _degraded(status)
+        return [Event("Normal", "Succeeded", f"artifacts in {where}")] + (
+            [Event("Warning", FORGETTING_EXCEEDED, _clip(degraded))] if degraded is not None else []
+        )
     if phase == "Failed" and status.error is not None:
         return [Event("Warning", "Failed", _clip(f"{status.error.code}: {status.error.message}"))]
     return []

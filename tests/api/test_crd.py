@@ -103,6 +103,7 @@ def _example() -> dict[str, Any]:
         (lambda d: d["spec"]["dataset"].update(maxSeqLength="huge"), "at least 16"),
         (lambda d: d["spec"]["output"].update(uri="s3://bucket-a/x/../../y"), "'..'"),
         (lambda d: d["metadata"].update(name="x" * 64), "at most 63"),
+        (lambda d: d["spec"].setdefault("evaluation", {}).update(maxForgetting=1.1), "needs a reference set"),
     ],
 )
 def test_cel_rules_reject_what_the_types_reject(mutate: Any, message: str) -> None:

@@ -25,6 +25,7 @@ Field → test (every SFTJob field that concerns training):
 | compute.numWorkers, gpusPerWorker | test_two_workers_on_s3 |
 | checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_units::test_run_config |
 | evaluation.numSamples, maxNewTokens | test_two_workers_on_s3 |
+| evaluation.reference (maxRows, maxTokens), maxForgetting, onForgetting | test_forgetting (a degrade, a fail run) |
 | output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3 |
 | runPolicy.backoffLimit | FailureConfig(max_failures) in driver.py (no test kills a worker within a run) |
 """

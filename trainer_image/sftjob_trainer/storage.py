@@ -307,6 +307,20 @@ def download_dir(uri: str, destination: Path) -> Path:
     return destination
 
 
+def download_file(uri: str, destination: Path) -> Path:
+    """Copy one file at `uri` to `destination` (its directory created); returns `destination`."""
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    if not is_s3(uri):
+        try:
+            shutil.copyfile(uri, destination)
+        except (FileNotFoundError, IsADirectoryError):
+            raise StorageError("NotFound", f"{uri}: no such file") from None
+        return destination
+    loc = parse_s3(uri)
+    with_retries(partial(s3_client().download_file, loc.bucket, loc.key, str(destination)), uri)
+    return destination
+
+
 def upload_file(path: Path, uri: str) -> None:
     """Copy one local file to `uri` (managed multipart transfer on S3; a failed try leaves no object behind)."""
     if not is_s3(uri):

@@ -12,11 +12,12 @@ import signal
 import tempfile
 import time
 from collections import deque
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR, ProgressFile
-from sftjob_api.types import CheckpointRef, SFTJob, parse_sftjob
+from sftjob_api.types import CheckpointRef, ForgettingResult, SFTJob, parse_sftjob
 from sftjob_trainer import storage
 from sftjob_trainer.artifacts import (
     EVAL_SAMPLES_FILE,
@@ -27,6 +28,7 @@ from sftjob_trainer.artifacts import (
 )
 from sftjob_trainer.errors import is_out_of_memory, out_of_memory
 from sftjob_trainer.faults import KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV, fault_callbacks
+from sftjob_trainer.forgetting import forgetting_result, mean_token_loss
 from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
 
@@ -37,6 +39,16 @@ WORKER_LOADING_MODEL = "worker started; loading the model"
 WORKER_BUILDING_TRAINER = "model loaded; building the trainer"
 # What Ray Train's torch backend sets for every worker, from which Accelerate infers distributed training.
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+
+
+@dataclass(frozen=True)
+class Rank0Result:
+    """What rank 0 hands back to the driver (Ray Train passes it on as `Result.return_value`)."""
+
+    files: dict[str, dict[str, Any]]
+    """`{relative path: {sha256, size}}` of every file rank 0 exported."""
+    forgetting: ForgettingResult | None = None
+    """Base and fine-tuned loss on `evaluation.reference` (None without a reference set)."""
 
 
 def build_collator(batching: str, pad_token_id: int) -> Any:
@@ -301,18 +313,18 @@ def _restore_dir(resume: CheckpointRef | None, tmp: Path) -> str | None:
     return None
 
 
-def train_loop(config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+def train_loop(config: dict[str, Any]) -> Rank0Result | None:
     """The body of every Ray Train worker.
 
     Args:
         config: `job` (SFTJob wire JSON), `output_uri`, `attempt`, `plan` (SFTConfig kwargs), `batching`,
             `train`/`validation` (object refs of the prepared sequences), `checkpoints_uri`,
             `progress` (the attempt's progress.json at its start), `resume_uri`, `kill_driver`,
-            `samples`, `stop_token_ids`, `load_dtype`.
+            `samples`, `stop_token_ids`, `load_dtype`, `reference` (object ref of the reference rows, or None).
 
     Returns:
-        On rank 0, `{relative path: {sha256, size}}` of every file it exported (Ray Train hands rank 0's
-        return value to the driver as `Result.return_value`); None on other ranks.
+        On rank 0, the files it exported and the forgetting figure (Ray Train hands rank 0's return value to
+        the driver as `Result.return_value`); None on other ranks.
     """
     import ray
     import ray.train
@@ -346,10 +358,14 @@ def train_loop(config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     check_device(spec.method, device.type == "cuda")
     base_answers: list[str] = []
+    reference = ray.get(config["reference"]) if rank == 0 and config.get("reference") is not None else None
+    base_loss = 0.0
     if rank == 0:
         # Before any adapter exists: prompt tuning would otherwise prepend its virtual tokens already.
         base_answers = generate_answers(model.to(device), tokenizer, [s["prompt_ids"] for s in config["samples"]],
                                         spec.evaluation.max_new_tokens, config["stop_token_ids"])
+        if reference is not None:
+            base_loss = mean_token_loss(model, reference, args["per_device_eval_batch_size"], tokenizer.pad_token_id)
     model = apply_method(model, spec.method, str(model_dir), args["gradient_checkpointing"])
     if writer is not None:
         writer.update(force=True, message=WORKER_BUILDING_TRAINER)
@@ -375,7 +391,13 @@ def train_loop(config: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
         run_training(trainer, _restore_dir(resume, Path(tmp)))
         if rank != 0:
             return None
-        return export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp))
+        forgetting = None
+        if reference is not None:  # before export: merging the adapter changes the model
+            tuned_loss = mean_token_loss(trainer.model, reference, args["per_device_eval_batch_size"],
+                                         tokenizer.pad_token_id)
+            forgetting = forgetting_result(base_loss, tuned_loss, reference, spec.evaluation.max_forgetting)
+        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp))
+        return Rank0Result(files, forgetting)
 
 
 def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, model_dir: Path,
@@ -440,6 +462,7 @@ def _save_full(model: Any, tokenizer: Any, tmp: Path, out: str) -> dict[str, dic
 __all__ = [
     "KILL_DRIVER_AT_STEP_ENV",
     "OOM_AT_STEP_ENV",
+    "Rank0Result",
     "build_collator",
     "build_trainer",
     "run_training",
