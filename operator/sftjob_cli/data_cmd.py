@@ -124,6 +124,18 @@ def _model_context(path: str | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
+def _spec_and_tokenizer(args: argparse.Namespace, command: str) -> tuple[Any, Any] | None:
+    """The dataset spec and tokenizer a `sftjob data` command's arguments name; None after printing the problem."""
+    spec, problem = _spec_from_args(args)
+    tokenizer = None
+    if problem is None:
+        tokenizer, problem = load_tokenizer(args.tokenizer)
+    if problem is not None:
+        print(f"sftjob data {command}: {problem}", file=sys.stderr)
+        return None
+    return spec, tokenizer
+
+
 def _cmd_tokens(args: argparse.Namespace) -> int:
     """One JSON line per training example, `{"line", "input_ids", "labels"}`: the trainer's own examples.
 
@@ -132,13 +144,10 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
     """
     from sftjob_trainer.data import DataError, analyze, read_dataset
 
-    spec, problem = _spec_from_args(args)
-    tokenizer = None
-    if problem is None:
-        tokenizer, problem = load_tokenizer(args.tokenizer)
-    if problem is not None:
-        print(f"sftjob data tokens: {problem}", file=sys.stderr)
+    loaded = _spec_and_tokenizer(args, "tokens")
+    if loaded is None:
         return EXIT_INVALID
+    spec, tokenizer = loaded
     try:
         raw = read_dataset(spec.train.uri, spec.train.format)
     except DataError as err:
@@ -157,13 +166,10 @@ def _cmd_tokens(args: argparse.Namespace) -> int:
 def _cmd_inspect(args: argparse.Namespace) -> int:
     from sftjob_trainer.data import DataError, analyze, read_dataset
 
-    spec, problem = _spec_from_args(args)
-    tokenizer = None
-    if problem is None:
-        tokenizer, problem = load_tokenizer(args.tokenizer)
-    if problem is not None:
-        print(f"sftjob data inspect: {problem}", file=sys.stderr)
+    loaded = _spec_and_tokenizer(args, "inspect")
+    if loaded is None:
         return EXIT_INVALID
+    spec, tokenizer = loaded
     try:
         raw = read_dataset(spec.train.uri, spec.train.format)
     except DataError as err:

@@ -23,21 +23,12 @@ GENERATION_BATCH = 16
 MANIFEST_VERSION = 1
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def publish_dir(local: Path, uri: str) -> dict[str, dict[str, Any]]:
     """Upload every file under `local` to `uri` and return `{relative path: {sha256, size}}`."""
     entries: dict[str, dict[str, Any]] = {}
     for name in storage.upload_dir(local, uri):
         path = local / name
-        entries[name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
+        entries[name] = {"sha256": storage.sha256_file(path), "size": path.stat().st_size}
     return entries
 
 

@@ -54,15 +54,6 @@ class GgufOrigin:
                 "architecture": self.architecture, "tensorTypes": self.tensor_types}
 
 
-def sha256_of(path: Path) -> str:
-    """Hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def supported_architectures() -> list[str]:
     """GGUF architectures the installed transformers converts (`general.architecture` values)."""
     from transformers.modeling_gguf_pytorch_utils import GGUF_SUPPORTED_ARCHITECTURES
@@ -128,8 +119,8 @@ def inspect(path: Path, source: str) -> GgufOrigin:
         quantization = LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except (TypeError, ValueError):
         quantization = types.most_common(1)[0][0] if types else "unknown"
-    return GgufOrigin(file=path.name, sha256=sha256_of(path), quantization=quantization, architecture=architecture,
-                      tensor_types=dict(types.most_common()))
+    return GgufOrigin(file=path.name, sha256=storage.sha256_file(path), quantization=quantization,
+                      architecture=architecture, tensor_types=dict(types.most_common()))
 
 
 def fetch(spec: ModelSpec, cache: Path) -> Path:

@@ -130,7 +130,7 @@ def _gguf_model_dir(spec: ModelSpec) -> Path:
         # Checked only before a conversion: reading the header costs seconds (a 49k-token vocabulary is parsed).
         gguf_model.convert(path, gguf_model.inspect(path, spec.source), directory)
 
-    return _fill_once(cache_root() / "gguf" / "models" / gguf_model.sha256_of(path)[:32], fill)
+    return _fill_once(cache_root() / "gguf" / "models" / storage.sha256_file(path)[:32], fill)
 
 
 def resolve_model_dir(spec: ModelSpec) -> Path:

@@ -12,6 +12,7 @@ object store that stops answering ends the job with `StorageUnavailable` (retrya
 
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -305,6 +306,15 @@ def download_dir(uri: str, destination: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         with_retries(partial(client.download_file, loc.bucket, loc.child(name).key, str(target)), join(uri, name))
     return destination
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def download_file(uri: str, destination: Path) -> Path:
