@@ -318,21 +318,10 @@ def table(results: list[tuple[str, dict[str, Any] | str]], peak: float) -> list[
 
 
 def _write_section(path: Path, body: list[str]) -> None:
-    """Replace this suite's section of RESULTS.md, keeping every other section.
+    """Replace this suite's section of RESULTS.md, keeping every other section (see bench.results)."""
+    from bench.results import write_section
 
-    A first write puts it right after the CPU throughput table, before the other benches' sections:
-    bench/ray_overhead.py rewrites everything from its own heading on.
-    """
-    text = path.read_text() if path.exists() else ""
-    head, found, rest = text.partition("\n" + SECTION)
-    if found:
-        after = rest.find("\n## ")
-        tail = rest[after:] if after >= 0 else ""
-    else:
-        first = text.find("\n## ")
-        head, tail = (text[:first], text[first:]) if first >= 0 else (text, "")
-    section = "\n".join([SECTION + " (written by bench/train_throughput.py --gpu-suite)", "", *body])
-    path.write_text(head.rstrip() + "\n\n" + section.rstrip() + "\n" + tail)
+    write_section(path, SECTION, "bench/train_throughput.py --gpu-suite", body)
 
 
 def run_suite(out: Path, tiny_shapes: bool, write_results: bool, checkpointing: str = "off") -> int:

@@ -29,6 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,9 @@ POLL_S = 0.1
 RSS_POLL_S = 1.0
 # Steady state starts after this share of the steps (warm-up, first-step allocations).
 STEADY_FROM = 0.2
+# Marks `observe` records beside phases and messages: the first validation loss and the first saved checkpoint.
+EVAL_LOSS_SEEN = "first evalLoss"
+CHECKPOINT_SEEN = "first checkpoint"
 # The autogroup niceness of --isolate: the highest priority, a weight ~88x a default session's.
 ISOLATED_NICENESS = -19
 
@@ -105,32 +109,44 @@ def _tree_rss_mb(pid: int) -> float:
         return 0.0
 
 
-def observe(command: list[str], progress: Path, env: dict[str, str]) -> dict[str, Any]:
-    """Run `command`, polling `progress` (progress.json); returns phase times, step samples and peak RSS."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    phases: dict[str, float] = {}
-    samples: list[tuple[float, int, int]] = []
-    peak = 0.0
-    sampled = -RSS_POLL_S
-    while proc.poll() is None:
-        now = time.perf_counter() - start
-        if now - sampled >= RSS_POLL_S:
-            peak, sampled = max(peak, _tree_rss_mb(proc.pid)), now
-        try:
-            record = json.loads(progress.read_text())
-        except (OSError, ValueError):
-            record = None
-        if record:
-            phases.setdefault(record["phase"], now)
-            if record.get("message"):
-                phases.setdefault(record["message"], now)
-            stepped = record["phase"] == "Running" and record.get("step", 0) > 0
-            if stepped and (not samples or samples[-1][1] != record["step"]):
-                samples.append((now, record["step"], record.get("trainedTokens", 0)))
-                phases.setdefault("first_step", now)
-        time.sleep(POLL_S)
-    stderr = proc.stderr.read() if proc.stderr else ""
+def observe(command: list[str], progress: Path, env: dict[str, str], cwd: Path | None = None) -> dict[str, Any]:
+    """Run `command`, polling `progress` (progress.json); returns phase times, step samples and peak RSS.
+
+    `phases` maps every phase, every message and the marks EVAL_LOSS_SEEN, CHECKPOINT_SEEN and `first_step`
+    to the seconds after the start at which a poll first saw it.
+    """
+    # stderr goes to a file: a pipe read only at the end would stall a chatty run (progress bars, Ray's logs)
+    # once its buffer filled.
+    with tempfile.TemporaryFile("w+") as errors:
+        start = time.perf_counter()
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=errors, text=True, cwd=cwd)
+        phases: dict[str, float] = {}
+        samples: list[tuple[float, int, int]] = []
+        peak = 0.0
+        sampled = -RSS_POLL_S
+        while proc.poll() is None:
+            now = time.perf_counter() - start
+            if now - sampled >= RSS_POLL_S:
+                peak, sampled = max(peak, _tree_rss_mb(proc.pid)), now
+            try:
+                record = json.loads(progress.read_text())
+            except (OSError, ValueError):
+                record = None
+            if record:
+                phases.setdefault(record["phase"], now)
+                if record.get("message"):
+                    phases.setdefault(record["message"], now)
+                if (record.get("metrics") or {}).get("evalLoss") is not None:
+                    phases.setdefault(EVAL_LOSS_SEEN, now)
+                if record.get("checkpoints"):
+                    phases.setdefault(CHECKPOINT_SEEN, now)
+                stepped = record["phase"] == "Running" and record.get("step", 0) > 0
+                if stepped and (not samples or samples[-1][1] != record["step"]):
+                    samples.append((now, record["step"], record.get("trainedTokens", 0)))
+                    phases.setdefault("first_step", now)
+            time.sleep(POLL_S)
+        errors.seek(0)
+        stderr = errors.read()
     if proc.returncode != 0:
         raise RuntimeError(f"{command} failed: {stderr[-3000:]}")
     return {"phases": phases, "samples": samples, "peak_rss_mb": peak, "total_s": time.perf_counter() - start}
@@ -160,14 +176,14 @@ def _or_zero(value: float) -> float:
     return 0.0 if math.isnan(value) else value
 
 
-def paired_ratio(runs: list[dict[str, Any]], plain_runs: list[dict[str, Any]]) -> float:
-    """The median over rounds of a configuration's steady tokens/s over the plain run of the same round.
+def paired_ratio(runs: list[dict[str, Any]], plain_runs: list[dict[str, Any]], key: str = "steady_tok_s") -> float:
+    """The median over rounds of a configuration's `key` (tokens/s) over the plain run of the same round.
 
     Rounds alternate the configurations, so each ratio compares runs minutes apart; the median is not
     moved by one run that a shared machine sped up or slowed down, as a best-of-rounds ratio is.
     """
-    ratios = [r["steady_tok_s"] / p["steady_tok_s"] for r, p in zip(runs, plain_runs, strict=True)
-              if not math.isnan(r["steady_tok_s"]) and not math.isnan(p["steady_tok_s"])]
+    ratios = [r[key] / p[key] for r, p in zip(runs, plain_runs, strict=True)
+              if not math.isnan(r[key]) and not math.isnan(p[key])]
     return statistics.median(ratios) if ratios else float("nan")
 
 

@@ -3,6 +3,8 @@
     python bench/train_throughput.py [--scale full|tiny] [--configs A,A2,B,ours] [--out DIR] [--write-results]
     python bench/train_throughput.py --gpu-suite [--write-results]     # on a lent H100 (or any CUDA GPU)
     python bench/train_throughput.py --gpu-suite --tiny-shapes         # the GPU suite's code, shrunk, on CPU
+    python bench/train_throughput.py --model smollm2 [--methods lora,full] [--rounds N] [--write-results]
+                                                                       # A vs ours on a real model (bench/real_model.py)
 
 Baselines (as in ../shared/reference/perf-calibration, same model, data and trained tokens):
   A   the seed recipe: HF Trainer, prompt masked, dynamic padding, batch 8, random order
@@ -16,6 +18,10 @@ all tokens/s, padding, peak memory, losses, gradient norm and useful MFU = k·N�
 / peak, with the CPU peak measured by a dense matmul in this run (GPU: the datasheet's bf16 peak).
 It exits 1 when held-out losses disagree by more than 2% with A's (a fast run that learns less is
 not fast) — never because of speed.
+
+--model smollm2 (bench/real_model.py): A against ours on the real SmolLM2-135M-Instruct, LoRA and full
+fine-tuning, over the demo's order-extraction task rendered with the model's chat template; rounds
+alternate the two, and the ratio is the median of each round's ours/A.
 
 --gpu-suite (bench/gpu_suite.py): Llama-3.2-1B- and Qwen2.5-0.5B-shaped models built from their
 configs, 2048-token packed rows of synthetic long-tailed data, LoRA and full fine-tuning with and
@@ -46,6 +52,10 @@ CONFIGS = ("A", "A2", "B", "ours")
 LR, SEED, BATCH = 5e-4, 0, 8
 # Held-out losses may differ by at most this fraction from A's.
 LOSS_TOLERANCE = 0.02
+# Chat rows of a real model's assets (bench/real_model.py), which ours trains instead of train.jsonl.
+CHATS_FILE = "train_chats.jsonl"
+# LoRA of both sides: the demo job's (examples/quickstart.yaml) on every linear layer, sftjob's default targets.
+LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
 # H100 SXM dense bf16 peak from NVIDIA's datasheet, FLOP/s.
 H100_BF16_PEAK = 989e12
 
@@ -112,9 +122,14 @@ def _heldout_loss(model: Any, tokenizer: Any, eval_path: Path) -> float:
     return nll / count
 
 
-def _common_args(out: Path) -> dict[str, Any]:
+def method_spec(method: str) -> dict[str, Any]:
+    """`spec.method` of a `lora` or `full` run, as wire JSON; the seed recipe builds its adapter from the same."""
+    return {"type": method, **({"lora": LORA} if method == "lora" else {})}
+
+
+def _common_args(out: Path, lr: float = LR) -> dict[str, Any]:
     return {
-        "output_dir": str(out / "trainer"), "num_train_epochs": 1, "learning_rate": LR, "lr_scheduler_type": "linear",
+        "output_dir": str(out / "trainer"), "num_train_epochs": 1, "learning_rate": lr, "lr_scheduler_type": "linear",
         "warmup_steps": 0, "weight_decay": 0.0, "max_grad_norm": 1.0, "seed": SEED, "logging_steps": 10,
         "save_strategy": "no", "report_to": "none", "disable_tqdm": True, "use_cpu": not _cuda(),
         "bf16": _cuda(), "fp16": False, "dataloader_num_workers": 0, "gradient_checkpointing": False,
@@ -127,14 +142,30 @@ def _cuda() -> bool:
     return bool(torch.cuda.is_available())
 
 
-def _baseline_trainer(config: str, assets: Path, out: Path) -> tuple[Any, Any]:
+def _baseline_trainer(config: str, assets: Path, out: Path, method: str = "full", lr: float = LR) -> tuple[Any, Any]:
     import torch
     from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForSeq2Seq, Trainer, TrainingArguments
+    from transformers import (
+        AutoModelForCausalLM,
+        AutoTokenizer,
+        DataCollatorForSeq2Seq,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(assets / "model")
     dtype = torch.bfloat16 if _cuda() else torch.float32
+    set_seed(SEED)  # before the model, as sftjob's worker does: both LoRAs start from the same random init
     model = AutoModelForCausalLM.from_pretrained(assets / "model", dtype=dtype)
+    if method == "lora":
+        from peft import get_peft_model
+
+        from sftjob_api.types import MethodSpec
+        from sftjob_trainer.methods import peft_config
+
+        lora = peft_config(MethodSpec.model_validate(method_spec(method)), str(assets / "model"))
+        model = get_peft_model(model, lora)
     raw = load_dataset("json", data_files=str(assets / "train.jsonl"), split="train")
     if config in ("A", "A2"):
 
@@ -148,16 +179,29 @@ def _baseline_trainer(config: str, assets: Path, out: Path) -> tuple[Any, Any]:
         dataset = raw.map(tokenize, remove_columns=raw.column_names)
         args = TrainingArguments(per_device_train_batch_size=BATCH,
                                  train_sampling_strategy="group_by_length" if config == "A2" else "random",
-                                 **_common_args(out))
+                                 **_common_args(out, lr))
         collator = DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100)
         return Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator), tokenizer
     from trl import SFTConfig, SFTTrainer
 
-    args = SFTConfig(per_device_train_batch_size=BATCH, **_common_args(out))
+    args = SFTConfig(per_device_train_batch_size=BATCH, **_common_args(out, lr))
     return SFTTrainer(model=model, args=args, train_dataset=raw, processing_class=tokenizer), tokenizer
 
 
-def _ours_trainer(assets: Path, out: Path) -> tuple[Any, Any, dict[str, Any]]:
+def _ours_dataset(assets: Path) -> dict[str, Any]:
+    """`spec.dataset` of ours: the prompt/completion rows, or a real model's chats when the assets have them.
+
+    bench/real_model.py writes the demo's chat rows for ours (rendered by sftjob with the model's template,
+    as the demo trains them) and the same rows rendered by transformers' `apply_chat_template` as prompt/
+    completion for the seed recipe, which trains the answer and EOS (`<|im_end|>`): the tokens ours trains.
+    """
+    chats = assets / CHATS_FILE
+    train = {"uri": str(chats)} if chats.exists() else {"uri": str(assets / "train.jsonl")}
+    return {"train": train, "schema": "messages" if chats.exists() else "prompt_completion", "maxSeqLength": 1024,
+            "dedup": False}
+
+
+def _ours_trainer(assets: Path, out: Path, method: str = "full", lr: float = LR) -> tuple[Any, Any, dict[str, Any]]:
     """sftjob's trainer, configured exactly as `sftjob run` does for this device, in this process."""
     from sftjob_api.types import parse_sftjob
     from sftjob_trainer.local import build_local_trainer
@@ -166,10 +210,9 @@ def _ours_trainer(assets: Path, out: Path) -> tuple[Any, Any, dict[str, Any]]:
         "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "bench"},
         "spec": {
             "model": {"source": str(assets / "model")},
-            "dataset": {"train": {"uri": str(assets / "train.jsonl")}, "schema": "prompt_completion",
-                        "maxSeqLength": 1024, "dedup": False},
-            "method": {"type": "full"},
-            "hyperparameters": {"epochs": 1, "learningRate": LR, "batchSize": BATCH, "lrScheduler": "linear",
+            "dataset": _ours_dataset(assets),
+            "method": method_spec(method),
+            "hyperparameters": {"epochs": 1, "learningRate": lr, "batchSize": BATCH, "lrScheduler": "linear",
                                 "warmupRatio": 0.0, "weightDecay": 0.0, "maxGradNorm": 1.0, "seed": SEED,
                                 "logInterval": 10},
             "compute": {"numWorkers": 1, "gpusPerWorker": 1 if _cuda() else 0},
@@ -180,15 +223,15 @@ def _ours_trainer(assets: Path, out: Path) -> tuple[Any, Any, dict[str, Any]]:
     return trainer, tokenizer, resolved
 
 
-def run_one(config: str, assets: Path, out: Path) -> dict[str, Any]:
-    """Train one configuration in this process and measure it."""
+def run_one(config: str, assets: Path, out: Path, method: str = "full", lr: float = LR) -> dict[str, Any]:
+    """Train one configuration (`method` `full` or `lora`) in this process and measure it."""
     import torch
 
     resolved: dict[str, Any] = {}
     if config == "ours":
-        trainer, tokenizer, resolved = _ours_trainer(assets, out)
+        trainer, tokenizer, resolved = _ours_trainer(assets, out, method, lr)
     else:
-        trainer, tokenizer = _baseline_trainer(config, assets, out)
+        trainer, tokenizer = _baseline_trainer(config, assets, out, method, lr)
     counter = Counter(trainer.data_collator)
     trainer.data_collator = counter
     if _cuda():
@@ -204,7 +247,8 @@ def run_one(config: str, assets: Path, out: Path) -> dict[str, Any]:
     peak_memory = (torch.cuda.max_memory_allocated() / 2**20 if _cuda()
                    else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return {
-        "config": config, "steps": trainer.state.global_step, "wall_s": wall, "processed": counter.processed,
+        "config": config, "method": method, "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "steps": trainer.state.global_step, "wall_s": wall, "processed": counter.processed,
         "real": counter.real, "trained": counter.trained, "attention_useful": counter.attention_useful,
         "padding": 1 - counter.real / counter.processed, "trained_tok_s": counter.trained / wall,
         "processed_tok_s": counter.processed / wall, "real_tok_s": counter.real / wall,
@@ -272,6 +316,22 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+def fresh_process(argv: list[str]) -> dict[str, Any] | None:
+    """One `--one` configuration of this script (arguments `argv`) in a fresh process: its result row.
+
+    Returns:
+        The row, or None when the run failed (its output is printed to stderr).
+    """
+    env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), *argv], capture_output=True, text=True,
+                          env=env)
+    result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
+    if proc.returncode != 0 or result is None:
+        print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+        return None
+    return dict(json.loads(result))
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark (or, with --one, a single configuration in this process)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -283,6 +343,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tiny-shapes", action="store_true", help="with --gpu-suite: shrunken shapes, CPU is fine")
     parser.add_argument("--checkpointing", choices=("auto", "on", "off"), default="off",
                         help="with --gpu-suite: gradient checkpointing of every row")
+    parser.add_argument("--model", choices=("calibration", "smollm2"), default="calibration",
+                        help="smollm2: A against ours on the real SmolLM2-135M-Instruct (bench/real_model.py)")
+    parser.add_argument("--methods", default="lora,full", help="with --model smollm2: lora, full or both")
+    parser.add_argument("--rounds", type=int, default=1, help="with --model smollm2: alternating rounds")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.gpu_suite:
@@ -290,6 +354,17 @@ def main(argv: list[str] | None = None) -> int:
         from bench.gpu_suite import run_suite
 
         return run_suite(args.out, args.tiny_shapes, args.write_results, args.checkpointing)
+    if args.model == "smollm2":
+        sys.path.insert(0, str(HERE.parent))  # run as a script: make `bench` importable
+        from bench import real_model
+
+        if args.one:
+            assets = real_model.assets_dir(args.out, args.scale)
+            row = run_one(args.one, assets, args.out / f"{args.methods}-{args.one}", args.methods,
+                          real_model.LR[args.methods])
+            print("RESULT " + json.dumps(row), flush=True)
+            return 0
+        return real_model.run(args.out, args.scale, args.methods.split(","), args.rounds, args.write_results)
     assets = args.out / f"assets-{args.scale}"
     if args.one:
         print("RESULT " + json.dumps(run_one(args.one, assets, args.out / args.one)), flush=True)
@@ -306,16 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     peak = H100_BF16_PEAK if _cuda() else matmul_peak()
     print(f"peak: {peak / 1e9:.1f} GFLOP/s ({'datasheet' if _cuda() else 'dense fp32 matmul, measured now'})")
     rows = []
-    env = {**os.environ, "PYTHONPATH": str(HERE.parent) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     for config in args.configs.split(","):
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", config, "--scale", args.scale, "--out",
-                               str(args.out)], capture_output=True, text=True, env=env)
-        result = next((line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")), None)
-        if proc.returncode != 0 or result is None:
-            print(proc.stdout[-3000:], proc.stderr[-5000:], file=sys.stderr)
+        result = fresh_process(["--one", config, "--scale", args.scale, "--out", str(args.out)])
+        if result is None:
             return 2
-        rows.append(json.loads(result))
+        rows.append(result)
         print(f"{config}: {rows[-1]['trained_tok_s']:.0f} trained tok/s "
               f"({time.perf_counter() - started:.0f} s with setup)", flush=True)
     table = _table(rows, peak)
