@@ -1,6 +1,6 @@
 """Benchmark assets: a local BPE tokenizer, a Llama from config, and long-tailed prompt/completion data.
 
-The shapes follow ../shared/reference/perf-calibration/make_assets.py, so the figures here can be
+The shapes follow the workplace's shared/reference/perf-calibration/make_assets.py, so the figures here can be
 compared with the calibration table: a 12M-parameter Llama (hidden 384, 6 layers) and prompt +
 completion lengths drawn from a lognormal with median 60 and p95 ~400 tokens, capped at 1024.
 `--scale tiny` shrinks everything for the smoke test.

@@ -6,7 +6,7 @@
     python bench/train_throughput.py --model smollm2 [--methods lora,full] [--rounds N] [--write-results]
                                                                        # A vs ours on a real model (bench/real_model.py)
 
-Baselines (as in ../shared/reference/perf-calibration, same model, data and trained tokens):
+Baselines (as in the workplace's shared/reference/perf-calibration, same model, data and trained tokens):
   A   the seed recipe: HF Trainer, prompt masked, dynamic padding, batch 8, random order
   A2  A with the length-grouped sampler
   B   TRL SFTTrainer with SFTConfig defaults (no packing), batch 8

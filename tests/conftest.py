@@ -16,7 +16,6 @@ from typing import Any
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
 
 # Credentials of the moto server only: moto accepts any key; these never reach a real account.
 FAKE_AWS = {

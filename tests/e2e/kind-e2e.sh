@@ -15,7 +15,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cluster="${CLUSTER:-sftjob-e2e}"
 timeout="${SFTJOB_E2E_TIMEOUT:-1800}"
-# The KubeRay release whose RayJob CRD the operator's manifests are validated against (../shared/schemas).
+# The KubeRay release whose RayJob CRD the operator's manifests are validated against (tests/support/schemas, vendored).
 kuberay_version="1.7.0"
 namespace="sftjob-e2e"
 # CPU images for a runner without a GPU: Ray's CPU base image and PyTorch's CPU wheel index.

@@ -32,7 +32,8 @@ from support.kmock_realistic import RealisticEmulator
 
 REPO = Path(__file__).resolve().parents[2]
 SFTJOB_CRD = REPO / "crds" / "sftjob.yaml"
-RAYJOB_CRD = REPO.parent / "shared" / "schemas" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
+# KubeRay's RayJob CRD, vendored (tests/support/schemas/README.md says where it comes from).
+RAYJOB_CRD = Path(__file__).parent / "schemas" / "kuberay-v1.7.0" / "ray.io_rayjobs.yaml"
 VERBS = ["create", "delete", "get", "list", "patch", "update", "watch", "deletecollection"]
 
 T = TypeVar("T")
@@ -47,20 +48,11 @@ def load_crd(path: Path) -> dict[str, Any]:
 
 
 def configure_emulator(emulator: RealisticEmulator) -> None:
-    """Declare the built-in resources, the SFTJob CRD (crds/sftjob.yaml) and KubeRay's RayJob CRD.
-
-    Without ../shared/schemas (a clone outside this workplace) the RayJob resource is declared
-    without a schema, so creates are not validated against KubeRay's.
-    """
+    """Declare the built-in resources, the SFTJob CRD (crds/sftjob.yaml) and KubeRay's RayJob CRD (schema-checked)."""
     emulator.resources.load_bundled()
     emulator.resources["v1/events"] = kmock.ResourceInfo(kind="Event", singular="event", namespaced=True, verbs=VERBS)
     emulator.register_crd(load_crd(SFTJOB_CRD))
-    if RAYJOB_CRD.is_file():
-        emulator.register_crd(load_crd(RAYJOB_CRD))
-    else:
-        emulator.resources["ray.io/v1/rayjobs"] = kmock.ResourceInfo(
-            kind="RayJob", singular="rayjob", namespaced=True, verbs=VERBS, subresources={"status"}
-        )
+    emulator.register_crd(load_crd(RAYJOB_CRD))
 
 
 def write_kubeconfig(url: str, path: Path) -> Path:
