@@ -124,6 +124,7 @@ PRINTER_COLUMNS = [
     _column("Progress", "number", ".status.progress.percentage", "Percent of optimizer steps done"),
     _column("Loss", "number", ".status.metrics.trainLoss", "Latest training loss"),
     _column("ETA", "string", ".status.progress.eta", "Estimated time left"),
+    _column("Score", "string", ".status.evaluation.score", "Headline task metric, fine-tuned (base)"),
     _column("Age", "date", ".metadata.creationTimestamp", "Time since creation"),
     _column("Model", "string", ".spec.model.source", "Base model", priority=1),
     _column("Step", "integer", ".status.progress.step", "Optimizer steps done", priority=1),

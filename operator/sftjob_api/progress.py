@@ -36,6 +36,9 @@ UNSCHEDULABLE = "Unschedulable"
 # comes from a node drain or preemption as often as from a user, and a user stops a job by suspending or deleting
 # the SFTJob, which the operator does not retry. `sftjob run` never retries; rerunning it resumes.
 CANCELLED = "Cancelled"
+# The judge (`evaluation.judge`) stayed unreachable after its retries: the reason of a condition on a job that
+# still succeeds; the judgement is missing from the report, never the training.
+JUDGE_UNAVAILABLE = "JudgeUnavailable"
 
 # Error codes the trainer reports; the operator retries only the retryable ones.
 NON_RETRYABLE_CODES = frozenset(
@@ -156,6 +159,7 @@ __all__ = [
     "CHECKPOINTS_DIR",
     "DATA_CACHE_DIR",
     "FORGETTING_EXCEEDED",
+    "JUDGE_UNAVAILABLE",
     "MANIFEST_FILE",
     "METRICS_FILE",
     "MODEL_DIR",

@@ -74,7 +74,7 @@ def test_printer_columns() -> None:
     version = render_crd()["spec"]["versions"][0]
     columns = {c["name"]: c.get("priority", 0) for c in version["additionalPrinterColumns"]}
     assert columns == {
-        "Phase": 0, "Method": 0, "Progress": 0, "Loss": 0, "ETA": 0, "Age": 0,
+        "Phase": 0, "Method": 0, "Progress": 0, "Loss": 0, "ETA": 0, "Score": 0, "Age": 0,
         "Model": 1, "Step": 1, "Eval": 1, "Attempt": 1, "RayJob": 1,
     }
     assert version["subresources"] == {"status": {}}
