@@ -506,6 +506,7 @@ class ReferenceSet(DataSource):
 # Task metrics computed on generated answers (`evaluation.metrics`); `sftjob_trainer.task_metrics` implements them.
 TaskMetricName = Literal["exact_match", "json_equal", "contains", "regex", "chrf", "rouge_l"]
 _HTTP_URL = r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/-]*)?$"
+DEFAULT_METRICS: tuple[TaskMetricName, ...] = ("exact_match",)
 _TASK_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 TaskName = Annotated[
     str,
@@ -605,7 +606,7 @@ class EvaluationSpec(ApiModel):
     max_new_tokens: int = Field(default=128, ge=1, le=8192)
     """Longest generated answer in tokens."""
 
-    metrics: list[TaskMetricName] = Field(default_factory=lambda: ["exact_match"], min_length=1, max_length=6)
+    metrics: list[TaskMetricName] = Field(default_factory=lambda: list(DEFAULT_METRICS), min_length=1, max_length=6)
     """Task metrics on the generated answers, for the base and the fine-tuned model: `exact_match` (whitespace
     trimmed), `json_equal` (both parse as JSON and are equal), `contains` (the reference appears in the answer),
     `regex` (the first match of `regex` in the answer equals its first match in the reference, e.g. a final

@@ -80,7 +80,7 @@ def test_the_result_travels_from_progress_json_into_a_status_the_crd_accepts() -
     assert progress.evaluation.forgetting.ratio == 1.25
     status = SFTJobStatus(phase="Succeeded", evaluation=progress.evaluation)
     wire = status.to_wire()
-    assert wire["evaluation"] == {"forgetting": result}
+    assert wire["evaluation"] == {"forgetting": result, "metrics": [], "tasks": []}
     document = copy.deepcopy(_job({}))
     document["status"] = wire
     assert schema_errors(document) == []
