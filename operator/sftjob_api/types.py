@@ -700,6 +700,18 @@ class RunPolicySpec(ApiModel):
     queue_name: Name | None = None
     """Kueue LocalQueue that admits the job (`kueue.x-k8s.io/queue-name`)."""
 
+    startup_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Fail an attempt whose Ray cluster has not started running this long after KubeRay began creating it
+    (the RayJob's `preRunningDeadlineSeconds`, counted from its `status.startTime`). The failure is not retried
+    and names what the pods were stuck on (Unschedulable, ImagePullBackOff, CrashLoopBackOff, ...). Unset: an
+    attempt may wait for its pods forever (the `PodsHealthy` condition still says why)."""
+
+    stall_timeout_seconds: int | None = Field(default=None, ge=1)
+    """Stop and retry (within `backoffLimit`) an attempt whose trainer has not updated `progress.json` for this
+    long while it runs: a hung trainer gets a `Stalled` condition and a new attempt that resumes from the latest
+    checkpoint. The trainer writes at least every step and at each phase change; set this above the longest
+    quiet stretch (dataset preparation, an evaluation pass, a checkpoint upload)."""
+
 
 class SFTJobSpec(ApiModel):
     """The desired fine-tuning run."""
@@ -730,6 +742,13 @@ class SFTJobSpec(ApiModel):
             message="output is immutable; create a new SFTJob",
             field_path=".output",
         ),
+        CelRule(
+            rule="!has(self.output.select) || self.output.select != 'best' || has(self.dataset.validation) "
+                 "|| has(self.dataset.validationSplit)",
+            message="output.select best picks the checkpoint with the lowest evaluation loss: set dataset.validation "
+                    "or dataset.validationSplit",
+            field_path=".output.select",
+        ),
     )
 
     model: ModelSpec
@@ -758,6 +777,19 @@ class SFTJobSpec(ApiModel):
 
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
     """Suspension, deadline, retries, TTL and queueing."""
+
+    @model_validator(mode="after")
+    def _best_needs_evaluation(self) -> SFTJobSpec:
+        if self.output.select != "best":
+            return self
+        if self.dataset.validation is None and self.dataset.validation_split is None:
+            raise ValueError("output.select: best picks the checkpoint with the lowest evaluation loss: set "
+                             "dataset.validation or dataset.validationSplit")
+        every, save = self.hyperparameters.eval_interval, self.checkpointing.interval
+        if every is not None and save is not None and every != save:
+            raise ValueError(f"output.select: best compares evaluated checkpoints, so hyperparameters.evalInterval "
+                             f"({every}) must equal checkpointing.interval ({save}); set one of them, or both equal")
+        return self
 
 
 # --------------------------------------------------------------------------------------------- status

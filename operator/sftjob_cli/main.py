@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sftjob_cli import render_cmd
 
     render_cmd.register(commands)
+    from sftjob_cli import eval_cmd
+
+    eval_cmd.register(commands)
     return parser
 
 

@@ -121,10 +121,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     print(f"artifacts: {result.output_uri}")
     print(f"steps: {result.progress.step}/{result.progress.total_steps}  train loss: {metrics.train_loss}  "
           f"eval loss: {metrics.eval_loss}  token accuracy: {metrics.token_accuracy}")
-    base, tuned, count = result.exact_match
-    if count:
-        print(f"held-out exact match ({count} prompts): base {base:.1%} -> fine-tuned {tuned:.1%}")
-    forgetting = result.progress.evaluation.forgetting if result.progress.evaluation else None
+    evaluation = result.progress.evaluation
+    for metric in evaluation.metrics if evaluation else []:
+        print(f"held-out {metric.name} ({metric.samples} prompts): base {metric.base:.4g} -> fine-tuned "
+              f"{metric.tuned:.4g}")
+    for task in evaluation.tasks if evaluation else []:
+        print(f"lm-eval {task.task} {task.metric}: base {task.base} -> fine-tuned {task.tuned}")
+    if evaluation is not None and evaluation.judge is not None:
+        judge = evaluation.judge
+        print(f"judge {judge.model}: unavailable: {judge.error}" if judge.error else
+              f"judge {judge.model}: fine-tuned win rate {judge.win_rate} "
+              f"(95% interval {judge.ci_low}-{judge.ci_high}, {judge.prompts} prompts)")
+    if evaluation is not None and evaluation.seconds is not None:
+        print(f"evaluation: {evaluation.seconds:.1f} s; report: {result.output_uri}/eval_report.md")
+    forgetting = evaluation.forgetting if evaluation else None
     if forgetting is not None:
         print(forgetting.summary())
         if forgetting.exceeded:  # onForgetting: fail ended above, with the error

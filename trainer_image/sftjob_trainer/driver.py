@@ -18,11 +18,11 @@ from sftjob_api.progress import CANCELLED, CHECKPOINTS_DIR, MANIFEST_FILE, METRI
 from sftjob_api.types import EvaluationStatus, Metrics
 from sftjob_trainer import faults, storage
 from sftjob_trainer.artifacts import (
+    EVAL_REPORT_FILE,
     EVAL_SAMPLES_FILE,
     LOSS_PLOT_FILE,
     MODEL_CARD_FILE,
     describe_bytes,
-    exact_match,
     loss_plot_png,
     manifest,
     model_card,
@@ -32,6 +32,9 @@ from sftjob_trainer.artifacts import (
 from sftjob_trainer.config import JobContext
 from sftjob_trainer.device_defaults import DeviceDefaults, device_defaults
 from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.eval_report import METRIC_PLOT_FILE, metric_curves, metric_plot_png
+from sftjob_trainer.eval_report import render as render_report
+from sftjob_trainer.evaluation import Sample, evaluate, samples_jsonl
 from sftjob_trainer.forgetting import check_gate, reference_rows
 from sftjob_trainer.hparams import Device, Plan, precision, resolve, training_arguments
 from sftjob_trainer.interrupts import Interruption, interruptible_trainer
@@ -61,8 +64,6 @@ class RunResult:
     """The final progress (phase Succeeded)."""
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     """Artifacts listed in manifest.json."""
-    exact_match: tuple[float, float, int] = (0.0, 0.0, 0)
-    """(base, fine-tuned) held-out exact match and the number of samples."""
 
 
 def s3_filesystem() -> Any:
@@ -178,12 +179,11 @@ def sequences(prepared: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]
     return rows(prepared.train), (rows(prepared.validation) if prepared.validation else None)
 
 
-def eval_prompts(prepared: Any, tokenizer: Any, count: int, seed: int) -> list[dict[str, Any]]:
-    """Up to `count` held-out examples (seeded choice) as {prompt, prompt_ids, reference}."""
+def eval_prompts(prepared: Any, tokenizer: Any, count: int, seed: int) -> list[Sample]:
+    """Up to `count` held-out examples (seeded choice)."""
     pool = list(prepared.validation)
     random.Random(seed + SAMPLE_SEED_OFFSET).shuffle(pool)  # noqa: S311 - a seeded choice
-    return [{"prompt": tokenizer.decode(e.prompt_ids), "prompt_ids": e.prompt_ids, "reference": e.reference}
-            for e in pool[:count]]
+    return [Sample(tokenizer.decode(e.prompt_ids), list(e.prompt_ids), e.reference) for e in pool[:count]]
 
 
 def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) -> tuple[Plan, str]:
@@ -394,7 +394,7 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     if result.return_value is None:  # rank 0 returns its exported files and forgetting; fit() raised if it failed
         raise TrainerError("WorkerCrashed", "training finished but rank 0 reported no exported files")
-    return export(ctx, result.return_value, writer, model_dir)
+    return export(ctx, result.return_value, writer, model_dir, config["samples"])
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
@@ -416,43 +416,53 @@ def _load_dtype(spec: Any, plan: Plan) -> str:
     return "fp32" if plan.resolved.precision in ("fp32", "fp16") else "bf16"
 
 
-def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_dir: Path) -> RunResult:
-    """Write loss.png, README.md and manifest.json (last) next to what rank 0 saved.
+def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_dir: Path,
+           samples: list[Sample]) -> RunResult:
+    """Score the answers, ask the judge, write the evaluation and manifest.json (last) next to what rank 0 saved.
+
+    The files: eval_samples.jsonl, eval_report.md, loss.png (and eval_metrics.png), README.md, manifest.json.
 
     Raises:
         TrainerError: ForgettingExceeded with `evaluation.onForgetting: fail` (progress.json carries the figure).
     """
-    import json
-
     from sftjob_trainer.gguf_model import origin_of
 
+    spec = ctx.job.spec
     ran = writer.load_existing() or writer.state  # rank 0's last write, before this writer replaces it
-    progress = writer.state.model_copy(update={
+    writer.state = writer.state.model_copy(update={
         "step": ran.step, "epoch": ran.epoch, "metrics": ran.metrics, "checkpoints": ran.checkpoints,
         "trained_tokens": ran.trained_tokens, "resumed_from_step": ran.resumed_from_step,
         "total_steps": ran.total_steps, "percentage": ran.percentage,
         "evaluation": EvaluationStatus(forgetting=rank0.forgetting) if rank0.forgetting else None,
     })
-    writer.state = progress
-    check_gate(ctx.job.spec.evaluation, rank0.forgetting)
-    writer.set_phase("Exporting", "writing the loss plot, model card and manifest")
+    check_gate(spec.evaluation, rank0.forgetting)
+    writer.set_phase("Exporting", "scoring the answers" + (" and asking the judge" if spec.evaluation.judge else ""))
+    evaluation = evaluate(spec.evaluation, samples, rank0.answers, rank0.benchmarks, rank0.forgetting,
+                          rank0.eval_seconds)
+    writer.update(force=True, evaluation=evaluation, message="writing the report, model card and manifest")
+    progress = writer.state
     files = dict(rank0.files)
+
+    def publish(name: str, data: bytes) -> None:
+        files[name] = publish_bytes(data, storage.join(ctx.output_uri, name))
+
     metrics = read_metrics(ctx.output_uri)
-    files[LOSS_PLOT_FILE] = publish_bytes(loss_plot_png(metrics), storage.join(ctx.output_uri, LOSS_PLOT_FILE))
-    samples_text = storage.read_bytes(storage.join(ctx.output_uri, EVAL_SAMPLES_FILE)).decode()
-    exact = exact_match(json.loads(line) for line in samples_text.splitlines() if line.strip())
-    spec = ctx.job.spec
+    publish(EVAL_SAMPLES_FILE, samples_jsonl(samples, rank0.answers, spec.evaluation))
+    publish(LOSS_PLOT_FILE, loss_plot_png(metrics))
+    curves = metric_curves(metrics)
+    if curves:
+        publish(METRIC_PLOT_FILE, metric_plot_png(curves))
+    publish(EVAL_REPORT_FILE, render_report(ctx.job.name, spec.evaluation, evaluation, samples, rank0.answers,
+                                            LOSS_PLOT_FILE, METRIC_PLOT_FILE if curves else None).encode())
     adapter = is_adapter_method(spec.method)
     gguf = origin_of(model_dir)
-    card = model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
-                      spec.output.merge_adapter, exact, gguf)
-    files[MODEL_CARD_FILE] = publish_bytes(card.encode(), storage.join(ctx.output_uri, MODEL_CARD_FILE))
+    publish(MODEL_CARD_FILE, model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
+                                        spec.output.merge_adapter, gguf).encode())
     files[METRICS_FILE] = describe_bytes(storage.read_bytes(storage.join(ctx.output_uri, METRICS_FILE)))
     final_metrics = _final_metrics(progress.metrics, metrics)
-    final_metrics.update({"base_exact_match": exact[0], "finetuned_exact_match": exact[1], "eval_samples": exact[2]})
     write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics, gguf))
     writer.set_phase("Succeeded", f"artifacts in {ctx.output_uri}", percentage=100.0, estimated_finish_time=None)
-    return RunResult(ctx.output_uri, writer.state, files, exact)
+    return RunResult(ctx.output_uri, writer.state, files)
 
 
 def _final_metrics(latest: Metrics, records: list[dict[str, Any]]) -> dict[str, Any]:

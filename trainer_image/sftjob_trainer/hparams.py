@@ -178,6 +178,16 @@ def training_arguments(spec: SFTJobSpec, plan: Plan, output_dir: str) -> dict[st
             "metric_for_best_model": "eval_mean_token_accuracy" if accuracy else "eval_loss",
             "greater_is_better": accuracy,
         }
+    if has_eval and spec.output.select == "best":
+        # The Trainer reloads the best checkpoint at the end; it compares only checkpoints that were evaluated,
+        # so evaluation follows the checkpoint cadence (the spec validator rejects intervals that disagree).
+        eval_args = ({"eval_strategy": "steps", "eval_steps": ckpt.interval} if ckpt.interval is not None
+                     else {"eval_strategy": "steps", "eval_steps": hp.eval_interval} if hp.eval_interval is not None
+                     else {"eval_strategy": "epoch"})
+        if hp.eval_interval is not None and ckpt.interval is None:
+            save_args = {"save_strategy": "steps", "save_steps": hp.eval_interval}
+        stop_args = {"metric_for_best_model": "eval_loss", "greater_is_better": False, **stop_args,
+                     "load_best_model_at_end": True}
     return {
         "output_dir": output_dir,
         "per_device_train_batch_size": r.per_device_batch_size,

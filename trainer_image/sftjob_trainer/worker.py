@@ -12,21 +12,16 @@ import signal
 import tempfile
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR, ProgressFile
-from sftjob_api.types import CheckpointRef, ForgettingResult, SFTJob, parse_sftjob
+from sftjob_api.types import BenchmarkResult, CheckpointRef, ForgettingResult, SFTJob, parse_sftjob
 from sftjob_trainer import storage
-from sftjob_trainer.artifacts import (
-    EVAL_SAMPLES_FILE,
-    eval_samples_jsonl,
-    generate_answers,
-    publish_bytes,
-    publish_dir,
-)
+from sftjob_trainer.artifacts import generate_answers, publish_dir
 from sftjob_trainer.errors import is_out_of_memory, out_of_memory
+from sftjob_trainer.evaluation import Answers, Sample, during_training_callback
 from sftjob_trainer.faults import KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV, fault_callbacks
 from sftjob_trainer.forgetting import forgetting_result, mean_token_loss
 from sftjob_trainer.methods import is_adapter_method
@@ -36,7 +31,9 @@ from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from
 THROUGHPUT_WINDOW = 20
 # progress.json messages of rank 0 before its first step: they account for a worker's start-up time.
 WORKER_LOADING_MODEL = "worker started; loading the model"
-WORKER_BUILDING_TRAINER = "model loaded; building the trainer"
+WORKER_EVALUATING_BASE = "model loaded; evaluating the base model"
+WORKER_BUILDING_TRAINER = "base model evaluated; building the trainer"
+WORKER_EVALUATING_TUNED = "training done; evaluating the fine-tuned model"
 # What Ray Train's torch backend sets for every worker, from which Accelerate infers distributed training.
 DISTRIBUTED_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 
@@ -47,8 +44,14 @@ class Rank0Result:
 
     files: dict[str, dict[str, Any]]
     """`{relative path: {sha256, size}}` of every file rank 0 exported."""
+    answers: Answers
+    """The base and fine-tuned answers to the held-out samples."""
     forgetting: ForgettingResult | None = None
     """Base and fine-tuned loss on `evaluation.reference` (None without a reference set)."""
+    benchmarks: list[BenchmarkResult] = field(default_factory=list)
+    """lm-eval results of `evaluation.tasks` on both models."""
+    eval_seconds: float = 0.0
+    """Time spent evaluating (generation, benchmarks, reference losses), apart from training."""
 
 
 def build_collator(batching: str, pad_token_id: int) -> Any:
@@ -357,15 +360,13 @@ def train_loop(config: dict[str, Any]) -> Rank0Result | None:
                        quantization_config(spec.method, torch_dtype(config["load_dtype"])), config["attention"])
     device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
     check_device(spec.method, device.type == "cuda")
-    base_answers: list[str] = []
+    samples: list[Sample] = config["samples"]
     reference = ray.get(config["reference"]) if rank == 0 and config.get("reference") is not None else None
-    base_loss = 0.0
-    if rank == 0:
+    base = ModelEvaluation()
+    if writer is not None:
+        writer.update(force=True, message=WORKER_EVALUATING_BASE)
         # Before any adapter exists: prompt tuning would otherwise prepend its virtual tokens already.
-        base_answers = generate_answers(model.to(device), tokenizer, [s["prompt_ids"] for s in config["samples"]],
-                                        spec.evaluation.max_new_tokens, config["stop_token_ids"])
-        if reference is not None:
-            base_loss = mean_token_loss(model, reference, args["per_device_eval_batch_size"], tokenizer.pad_token_id)
+        base = evaluate_model(model.to(device), tokenizer, config, reference, spec)
     model = apply_method(model, spec.method, str(model_dir), args["gradient_checkpointing"])
     if writer is not None:
         writer.update(force=True, message=WORKER_BUILDING_TRAINER)
@@ -383,26 +384,67 @@ def train_loop(config: dict[str, Any]) -> Rank0Result | None:
                                    config["kill_driver"], config.get("oom_at_step")),
             *fault_callbacks(config.get("kill_worker"), rank),
         ]
+        if writer is not None and spec.evaluation.during_training:
+            callbacks.append(during_training_callback(writer, samples, spec.evaluation, tokenizer,
+                                                      config["stop_token_ids"]))
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
                                 ray.get(config["validation"]) if config["validation"] is not None else None,
                                 callbacks)
         trainer = prepare_trainer(trainer)
         run_training(trainer, _restore_dir(resume, Path(tmp)))
-        if rank != 0:
+        if writer is None:
             return None
-        forgetting = None
-        if reference is not None:  # before export: merging the adapter changes the model
-            tuned_loss = mean_token_loss(trainer.model, reference, args["per_device_eval_batch_size"],
-                                         tokenizer.pad_token_id)
-            forgetting = forgetting_result(base_loss, tuned_loss, reference, spec.evaluation.max_forgetting)
-        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, base_answers, Path(tmp))
-        return Rank0Result(files, forgetting)
+        writer.update(force=True, message=WORKER_EVALUATING_TUNED)
+        # Before export: merging the adapter changes the model.
+        tuned = evaluate_model(trainer.model, tokenizer, config, reference, spec)
+        forgetting = (forgetting_result(base.reference_loss, tuned.reference_loss, reference,
+                                        spec.evaluation.max_forgetting) if reference is not None else None)
+        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, Path(tmp))
+        from sftjob_trainer.benchmarks import compare
+
+        return Rank0Result(files, Answers(base.answers, tuned.answers), forgetting,
+                           compare(spec.evaluation.tasks, base.benchmarks, tuned.benchmarks),
+                           round(base.seconds + tuned.seconds, 3))
+
+
+@dataclass(frozen=True)
+class ModelEvaluation:
+    """One model's evaluation on rank 0: answers, lm-eval scores, reference loss, and its cost."""
+
+    answers: list[str] = field(default_factory=list)
+    """Greedy answers to the held-out samples."""
+    benchmarks: dict[str, Any] = field(default_factory=dict)
+    """lm-eval scores per task (`sftjob_trainer.benchmarks.TaskScore`)."""
+    reference_loss: float = 0.0
+    """Mean token loss on the reference set (0 without one)."""
+    seconds: float = 0.0
+    """Wall time it took."""
+
+
+def evaluate_model(model: Any, tokenizer: Any, config: dict[str, Any], reference: Any, spec: Any) -> ModelEvaluation:
+    """Answer the held-out samples, run the lm-eval tasks and score the reference set with one model (rank 0)."""
+    started = time.monotonic()
+    samples: list[Sample] = config["samples"]
+    evaluation = spec.evaluation
+    answers = generate_answers(model, tokenizer, [s.prompt_ids for s in samples], evaluation.max_new_tokens,
+                               config["stop_token_ids"])
+    scores: dict[str, Any] = {}
+    if evaluation.tasks:
+        from sftjob_trainer.benchmarks import run_tasks
+
+        with tempfile.TemporaryDirectory(prefix="sftjob-lm-eval-") as workdir:
+            scores = run_tasks(model, tokenizer, evaluation.tasks, config["plan"]["per_device_eval_batch_size"],
+                               evaluation.max_new_tokens, Path(workdir))
+    loss = 0.0
+    if reference is not None:
+        loss = mean_token_loss(model, reference, config["plan"]["per_device_eval_batch_size"], tokenizer.pad_token_id)
+    return ModelEvaluation(answers, scores, loss, time.monotonic() - started)
 
 
 def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, model_dir: Path,
-                 base_answers: list[str], tmp: Path) -> dict[str, dict[str, Any]]:
-    """Save the trained weights (adapter/ and/or model/) and eval_samples.jsonl into the output (rank 0).
+                 tmp: Path) -> dict[str, dict[str, Any]]:
+    """Save the trained weights (adapter/ and/or model/) into the output (rank 0).
 
     Args:
         config: The worker config.
@@ -410,7 +452,6 @@ def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, 
         model: The trained model (PeftModel for adapter methods).
         tokenizer: The tokenizer (saved next to the weights).
         model_dir: The base model directory (QLoRA merges into the unquantised base read from it).
-        base_answers: The base model's answers to the eval prompts, generated before training.
         tmp: A scratch directory.
 
     Returns:
@@ -418,11 +459,6 @@ def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, 
     """
     out = config["output_uri"]
     files: dict[str, dict[str, Any]] = {}
-    samples = config["samples"]
-    tuned = generate_answers(model, tokenizer, [s["prompt_ids"] for s in samples], spec.evaluation.max_new_tokens,
-                             config["stop_token_ids"])
-    data = eval_samples_jsonl(samples, base_answers, tuned)
-    files[EVAL_SAMPLES_FILE] = publish_bytes(data, storage.join(out, EVAL_SAMPLES_FILE))
     if is_adapter_method(spec.method):
         if spec.output.save_adapter:
             adapter = tmp / ADAPTER_DIR
