@@ -149,3 +149,58 @@ def ray_cluster(s3_server: S3Server) -> Iterator[None]:
              runtime_env={"env_vars": s3_server.env})
     yield
     ray.shutdown()
+
+
+@dataclass
+class OpenAIServer:
+    """A real OpenAI-compatible server on loopback: where to send requests and the model name it answers to."""
+
+    base_url: str
+    model: str
+
+
+@pytest.fixture(scope="session")
+def openai_server(smollm2_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpenAIServer]:
+    """`transformers serve` pinned to the real SmolLM2 on 127.0.0.1 (one per run, ready in ~7 s after conversion).
+
+    It serves the converted Hugging Face directory (5.24 fails on the GGUF file itself) and answers only to
+    the name it was started with: the directory's path. One thread, so it leaves the CPUs to the tests.
+    """
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("openai-server") / "serve.log"
+    # The console script next to this interpreter: the CLI of the transformers this suite imports.
+    command = [str(Path(sys.executable).with_name("transformers")), "serve", str(smollm2_dir), "--host", "127.0.0.1",
+               "--port", str(port), "--device", "cpu", "--log-level", "warning"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false",
+           "HF_HUB_OFFLINE": "1"}
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-30:])
+                    exited = process.returncode is not None
+                    state = f"exited with {process.returncode}" if exited else "not ready in 180 s"
+                    pytest.fail(f"transformers serve {state}: {' '.join(command)}\n{tail}")
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                        if response.status == 200:
+                            break
+                except OSError:
+                    # Not listening yet (URLError), or loading (a 503 is an HTTPError): both are OSErrors.
+                    pass
+                time.sleep(0.5)
+            yield OpenAIServer(base_url=f"http://127.0.0.1:{port}/v1", model=str(smollm2_dir))
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
