@@ -362,6 +362,22 @@ class EarlyStoppingSpec(ApiModel):
     """Smallest change that counts as an improvement."""
 
 
+class LossSpikeSpec(ApiModel):
+    """Skip the batch of an optimizer step whose training loss spikes far above the recent losses.
+
+    The step's update is never applied: the weights and the optimizer state stay as they were before
+    that batch, which is the state a rollback to the last checkpoint would replay towards, without the
+    replay. Skipped steps still count as steps (the learning-rate schedule moves on) and appear in
+    `status.progress.skippedBatches`."""
+
+    factor: float = Field(default=3.0, gt=1, le=1000)
+    """A step is skipped when its loss exceeds `factor` times the median loss of the last `window` steps."""
+
+    window: int = Field(default=20, ge=3, le=10000)
+    """Steps in the median; the guard acts once it has seen this many steps (in each attempt). A lasting
+    change of the loss level is accepted after about half a window of skips, since skipped losses count too."""
+
+
 class HyperparametersSpec(ApiModel):
     """Optimisation settings. `auto` and unset values are resolved by the trainer and reported in `status.resolved`."""
 
@@ -411,6 +427,10 @@ class HyperparametersSpec(ApiModel):
 
     early_stopping: EarlyStoppingSpec | None = None
     """Stop early when evaluation stops improving (needs validation data)."""
+
+    loss_spike: LossSpikeSpec | None = None
+    """Skip batches whose loss spikes (unset: no spike guard). A non-finite loss or gradient norm always
+    stops the job with `NonFiniteLoss`, spike guard or not."""
 
     neftune_noise_alpha: float | None = Field(default=None, gt=0)
     """NEFTune: add uniform noise of this scale to the input embeddings while training."""
@@ -564,7 +584,8 @@ class JudgeSpec(ApiModel):
     """The judge model's name at the endpoint."""
 
     secret_ref: SecretReference | None = None
-    """Secret holding the API key as `OPENAI_API_KEY` (unset: no key is sent)."""
+    """Secret holding the API key as `OPENAI_API_KEY`, sent as a bearer token (unset: the placeholder `unused`
+    is sent, which a server without authentication ignores)."""
 
     rubric: Text | None = None
     """What makes an answer better (e.g. "correct JSON with every field of the order"). Unset: helpfulness,
@@ -966,6 +987,9 @@ class Progress(ApiModel):
 
     tokens_per_second: float | None = Field(default=None, ge=0)
     """Recent throughput in loss-bearing tokens per second, all workers."""
+
+    skipped_batches: int | None = Field(default=None, ge=0)
+    """Batches the loss-spike guard (`hyperparameters.lossSpike`) skipped: their steps applied no update."""
 
     estimated_finish_time: str | None = Field(default=None, json_schema_extra={"format": "date-time"}, max_length=64)
     """When training is expected to end."""

@@ -231,3 +231,15 @@ def test_demo_timing_splits_the_run_by_its_marks() -> None:
                              "evaluation": 15.0, "export": 10.0, "other": 5.0}
     # A model load timed apart longer than the window it is taken from takes the whole window, never more.
     assert split_run({"worker": 4.0}, 10.0, [("worker", "worker", "split")])[0][1] == 4.0
+
+
+@pytest.mark.slow
+def test_generation_tiny(smollm2_dir: Path) -> None:
+    # smollm2_dir: the real model converted once into this run's SFTJOB_CACHE_DIR, which the bench reuses.
+    result = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "generation.py"), "--scale", "tiny", "--rounds", "1"],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "| one prompt at a time |" in result.stdout and "| batched (16, left padding, KV cache) |" in result.stdout
+    assert "answers agree 4/4" in result.stdout

@@ -24,7 +24,7 @@ Field → test (every SFTJob field that concerns training):
 | hyperparameters.earlyStopping | test_units::test_early_stopping_stops |
 | compute.numWorkers, gpusPerWorker | test_two_workers_on_s3 |
 | checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_units::test_run_config |
-| evaluation.numSamples, maxNewTokens | test_two_workers_on_s3 |
+| evaluation.numSamples, maxNewTokens, metrics, duringTraining | test_two_workers_on_s3 |
 | evaluation.reference (maxRows, maxTokens), maxForgetting, onForgetting | test_forgetting (a degrade, a fail run) |
 | output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3 |
 | runPolicy.backoffLimit | FailureConfig(max_failures) in driver.py (no test kills a worker within a run) |
@@ -77,7 +77,8 @@ def s3_two_worker_run(ray_cluster: None, s3_server: Any, tiny_model_dir: Path, c
                            f"{bucket}/data/validation.jsonl", f"{bucket}/out",
                            compute={"numWorkers": 2}, hyperparameters={"maxSteps": STEPS, "batchSize": GLOBAL_BATCH,
                                                                        "evalInterval": 2},
-                           output={"mergeAdapter": True})
+                           output={"mergeAdapter": True},
+                           evaluation={"metrics": ["exact_match", "chrf"], "duringTraining": True})
         from sftjob_api.types import parse_sftjob
 
         result = run_job(context_for(parse_sftjob(doc), 1))
@@ -112,10 +113,23 @@ def test_two_workers_on_s3(s3_two_worker_run: dict[str, Any], tiny_model_dir: Pa
         data = (local / name).read_bytes()
         assert hashlib.sha256(data).hexdigest() == entry["sha256"] and len(data) == entry["size"], name
     assert {"adapter/adapter_model.safetensors", "model/model.safetensors", "eval_samples.jsonl", "loss.png",
-            "README.md", "metrics.jsonl"} <= set(manifest["files"])
+            "eval_report.md", "eval_metrics.png", "README.md", "metrics.jsonl"} <= set(manifest["files"])
     assert (local / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     samples = [json.loads(line) for line in (local / "eval_samples.jsonl").read_text().splitlines()]
-    assert len(samples) == 2 and {"prompt", "reference", "base", "finetuned"} <= set(samples[0])
+    assert len(samples) == 2 and {"prompt", "reference", "base", "finetuned", "scores"} <= set(samples[0])
+    # evaluation: both metrics on both models, the headline, its time; the task metric at every evaluation
+    evaluation = progress.evaluation
+    assert evaluation is not None and [m.name for m in evaluation.metrics] == ["exact_match", "chrf"]
+    assert all(m.samples == 2 for m in evaluation.metrics) and evaluation.seconds and evaluation.seconds > 0
+    exact = sum(r["scores"]["exact_match"]["finetuned"] for r in samples) / 2
+    assert evaluation.metrics[0].tuned == exact and evaluation.score is not None
+    assert evaluation.score.startswith(f"exact_match {exact:.2f} (base ")
+    assert manifest["evaluation"]["metrics"] == [m.to_wire() for m in evaluation.metrics]
+    during = [r["step"] for r in s3_two_worker_run["metrics"] if "eval_task_exact_match" in r]
+    assert during == [2, 4]  # evalInterval 2, on rank 0 only
+    report = (local / "eval_report.md").read_text()
+    assert report.startswith("# Evaluation of two-workers")
+    assert "![task metrics during training](eval_metrics.png)" in report
     card = (local / "README.md").read_text()
     assert "lora" in card and "globalBatchSize" in card and "AutoPeftModelForCausalLM" in card
     # the adapter reloads with PeftModel.from_pretrained, changed the weights, and generates
