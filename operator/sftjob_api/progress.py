@@ -12,7 +12,15 @@ from typing import Literal
 from pydantic import Field
 
 from sftjob_api.base import ApiModel, StorageUri, Text
-from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, EvaluationStatus, Metrics, ResolvedSettings
+from sftjob_api.types import (
+    CheckpointRef,
+    DatasetStats,
+    ErrorStatus,
+    EvaluationStatus,
+    Metrics,
+    ResolvedSettings,
+    TrackingStatus,
+)
 
 PROGRESS_FILE = "progress.json"
 METRICS_FILE = "metrics.jsonl"
@@ -23,7 +31,7 @@ MODEL_DIR = "model"
 # The prepared dataset, cached by content hash, so a retry in a fresh pod skips tokenisation.
 DATA_CACHE_DIR = "cache/data"
 
-TrainerPhase = Literal["Initializing", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
+TrainerPhase = Literal["Initializing", "Generating", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
 
 # The fine-tuned model lost more on the reference set than `evaluation.maxForgetting` allows: the error code
 # with `onForgetting: fail`, the reason of the `Degraded` condition with `onForgetting: degrade`. Another
@@ -39,6 +47,29 @@ CANCELLED = "Cancelled"
 # The judge (`evaluation.judge`) stayed unreachable after its retries: the reason of a condition on a job that
 # still succeeds; the judgement is missing from the report, never the training.
 JUDGE_UNAVAILABLE = "JudgeUnavailable"
+# The distillation teacher (`distillation.teacher`) stayed unreachable (or kept failing) after its retries.
+# Retried: what was generated is kept under the output, and the next attempt continues from it.
+TEACHER_UNAVAILABLE = "TeacherUnavailable"
+
+# What the operator finds on the pods of an attempt (it lists them while the attempt starts, and now and then
+# while it runs): the reasons of the `PodsHealthy` condition and of its Warning events. The first three are also
+# error codes: an attempt whose pods were stuck on them when `runPolicy.startupDeadlineSeconds` passed fails with
+# that code (not retried: the same pods would get stuck again). An OOMKilled container makes a failure without a
+# trainer report `OutOfMemory`.
+IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
+CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
+CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
+OOM_KILLED = "OOMKilled"
+# The trainer's progress.json was not updated for `runPolicy.stallTimeoutSeconds` while the attempt ran: the
+# operator stops the attempt and retries it (a hung collective or storage call rarely repeats).
+STALLED = "Stalled"
+# The training loss or gradient norm became NaN or infinite; the trainer stopped before the optimizer applied it,
+# so every checkpoint holds finite weights. In neither set below: the trainer decides `retryable` itself, true the
+# first time in a job (a retry resumes from the last checkpoint), false once `ProgressFile.nonFiniteSteps` already
+# records an earlier occurrence (the same data and settings diverge again).
+NON_FINITE_LOSS = "NonFiniteLoss"
+# Skipped steps progress.json lists (`ProgressFile.skippedSteps`): the guard keeps the newest.
+MAX_SKIPPED_STEPS = 10000
 
 # Error codes the trainer reports; the operator retries only the retryable ones.
 NON_RETRYABLE_CODES = frozenset(
@@ -53,10 +84,14 @@ NON_RETRYABLE_CODES = frozenset(
         "UnsupportedDevice",
         FORGETTING_EXCEEDED,
         UNSCHEDULABLE,
+        IMAGE_PULL_BACK_OFF,
+        CRASH_LOOP_BACK_OFF,
+        CREATE_CONTAINER_CONFIG_ERROR,
     }
 )
 RETRYABLE_CODES = frozenset(
-    {"NodeLost", "Preempted", "NcclTimeout", "StorageUnavailable", "WorkerCrashed", CANCELLED}
+    {"NodeLost", "Preempted", "NcclTimeout", "StorageUnavailable", "WorkerCrashed", CANCELLED, STALLED,
+     TEACHER_UNAVAILABLE}
 )
 # Out of memory repeats with the same settings; retried only with runPolicy.retryOnOutOfMemory.
 OUT_OF_MEMORY = "OutOfMemory"
@@ -101,6 +136,10 @@ class ProgressFile(ApiModel):
     evaluation: EvaluationStatus | None = None
     """Evaluation after training (forgetting on the reference set); the operator copies it to the status."""
 
+    tracking: TrackingStatus | None = None
+    """The job's tracking runs (`spec.tracking`), kept from attempt to attempt so that a resumed attempt continues
+    the same runs; the operator copies it to the status."""
+
     resolved: ResolvedSettings | None = None
     """Values chosen for `auto` and unset fields."""
 
@@ -112,6 +151,14 @@ class ProgressFile(ApiModel):
 
     resumed_from_step: int | None = Field(default=None, ge=0)
     """The checkpoint step this attempt resumed from."""
+
+    skipped_steps: list[int] = Field(default_factory=list, max_length=MAX_SKIPPED_STEPS)
+    """Optimizer steps whose batch the loss-spike guard skipped, ascending (the newest 10000). A list, not a
+    count: a batch replayed after a resume is skipped again at the same step and must count once."""
+
+    non_finite_steps: list[int] = Field(default_factory=list, max_length=100)
+    """Steps at which a non-finite loss or gradient norm stopped training in this job, oldest first (carried
+    across attempts): the second one makes `NonFiniteLoss` non-retryable."""
 
     error: ErrorStatus | None = None
     """Why the trainer failed (phase Failed)."""
@@ -157,16 +204,24 @@ __all__ = [
     "ADAPTER_DIR",
     "CANCELLED",
     "CHECKPOINTS_DIR",
+    "CRASH_LOOP_BACK_OFF",
+    "CREATE_CONTAINER_CONFIG_ERROR",
     "DATA_CACHE_DIR",
     "FORGETTING_EXCEEDED",
+    "IMAGE_PULL_BACK_OFF",
     "JUDGE_UNAVAILABLE",
     "MANIFEST_FILE",
+    "MAX_SKIPPED_STEPS",
     "METRICS_FILE",
     "MODEL_DIR",
+    "NON_FINITE_LOSS",
     "NON_RETRYABLE_CODES",
+    "OOM_KILLED",
     "OUT_OF_MEMORY",
     "PROGRESS_FILE",
     "RETRYABLE_CODES",
+    "STALLED",
+    "TEACHER_UNAVAILABLE",
     "UNSCHEDULABLE",
     "ProgressFile",
     "format_duration",

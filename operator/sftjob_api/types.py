@@ -9,6 +9,7 @@ small data, cosine decay with 3% warmup and weight decay 0.01.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
@@ -139,6 +140,182 @@ class DataSource(ApiModel):
     """File format. `auto` uses the file extension (`.jsonl`, `.json`, `.parquet`, `.csv`)."""
 
 
+# Sources of one training mixture: the status lists each, so the list stays short.
+MAX_SOURCES = 32
+_GLOB_CHARS = frozenset("*?[")
+
+
+def is_glob(uri: str) -> bool:
+    """Whether a dataset URI is a glob over shards (`*`, `?` or `[...]` in it)."""
+    return any(c in _GLOB_CHARS for c in uri)
+
+
+def _default_source_name(uri: str) -> str:
+    """A short name for a source: its file name without extension, or the folder of a glob."""
+    parts = [p for p in uri.removeprefix("s3://").split("/") if p]
+    for part in reversed(parts):
+        literal = part
+        for i, char in enumerate(part):
+            if char in _GLOB_CHARS:
+                literal = part[:i]
+                break
+        literal = re.sub(r"[^a-z0-9]+", "-", literal.split(".", 1)[0].lower()).strip("-")[:MAX_JOB_NAME].strip("-")
+        if literal:
+            return literal
+    return "source"
+
+
+class MixtureSource(ApiModel):
+    """One source of a training mixture: a file or a glob over shards, and its share of the mixture."""
+
+    cel_rules = (
+        CelRule(
+            rule="!(has(self.weight) && has(self.samples))",
+            message="set weight (a proportion of the mixture) or samples (an exact count), not both",
+            field_path=".samples",
+        ),
+    )
+
+    name: DnsLabel | None = None
+    """A short name for the dataset stats and the per-source evaluation loss (default: the file name without
+    its extension, or the last folder before a glob). Unique within the mixture."""
+
+    uri: StorageUri
+    """A file (`s3://bucket/key` or a filesystem path), or a glob over shards (`s3://bucket/data/*.parquet`,
+    `dir/part-*.jsonl`; `*` and `?` stay within one path segment, `**` crosses folders). Shards are listed,
+    then read one at a time, in name order."""
+
+    format: Literal["auto", "jsonl", "json", "parquet", "csv"] | None = None
+    """File format of this source (default: `train.format`, whose `auto` uses each file's extension)."""
+
+    weight: float | None = Field(default=None, gt=0, le=1_000_000)
+    """Relative proportion of this source among the weighted sources. The weighted sources together keep the
+    size they have (the sum of their usable examples) and share it in proportion to their weights: a source
+    smaller than its share is repeated (each example the same number of times, ±1), a larger one is sampled
+    without replacement. Neither `weight` nor `samples`: every example of the source, once."""
+
+    samples: int | None = Field(default=None, ge=1, le=1_000_000_000)
+    """Exactly this many training examples from this source (before the length policy, which may drop
+    overlong ones): sampled without replacement, or repeated when the source has fewer. Shards are read in a
+    seeded order only until enough rows are read, so a small sample of a large glob reads a few shards."""
+
+    data_schema: Literal["auto", "prompt_completion", "messages", "alpaca", "sharegpt", "text"] | None = Field(
+        default=None, alias="schema"
+    )
+    """Row layout of this source (default: `dataset.schema`)."""
+
+    column_map: dict[str, Name] | None = Field(default=None, max_length=32)
+    """Column renames for this source (default: `dataset.columnMap`): `{fileColumn: expectedColumn}`."""
+
+    @field_validator("weight", mode="before")
+    @classmethod
+    def _positive_weight(cls, value: Any) -> Any:
+        # One message that says what to do, instead of pydantic's bound or type error.
+        if value is None or (isinstance(value, int | float) and not isinstance(value, bool)
+                             and 0 < value <= 1_000_000):
+            return value
+        raise ValueError(f"must be a positive number up to 1000000 (a relative proportion such as 0.3, or 3 "
+                         f"for three times another source's 1), got {value!r}; to leave a source out, remove it")
+
+    @field_validator("samples", mode="before")
+    @classmethod
+    def _positive_samples(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1_000_000_000):
+            return value
+        raise ValueError(f"must be a whole number of examples, at least 1, got {value!r}; for a proportion use "
+                         "weight instead")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_chat_template(cls, data: Any) -> Any:
+        if isinstance(data, dict) and ("chatTemplate" in data or "chat_template" in data):
+            raise ValueError(
+                "chatTemplate: is set once for the whole dataset (dataset.chatTemplate), not per source: the "
+                "model is trained and exported with one chat template, so every source is rendered with it; map "
+                "each source to a common layout with its own schema and columnMap instead"
+            )
+        return data
+
+    @model_validator(mode="after")
+    def _weight_or_samples(self) -> MixtureSource:
+        if self.weight is not None and self.samples is not None:
+            raise ValueError("samples: set weight (a proportion of the mixture) or samples (an exact count), "
+                             "not both")
+        return self
+
+
+class TrainingData(ApiModel):
+    """The training data: one file, a glob over shards, or a weighted mixture of sources."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.uri) != has(self.sources)",
+            message="set uri (one file or a glob over shards) or sources (a mixture), exactly one of them",
+            field_path=".sources",
+        ),
+        CelRule(
+            rule="!has(self.sources) || self.sources.all(s, !has(s.name) || "
+            "self.sources.exists_one(t, has(t.name) && t.name == s.name))",
+            message="source names must be unique within the mixture",
+            field_path=".sources",
+        ),
+    )
+
+    uri: StorageUri | None = None
+    """The training file: `s3://bucket/key` or a filesystem path, or a glob over shards
+    (`s3://bucket/data/*.parquet`, read one shard at a time). Mutually exclusive with `sources`."""
+
+    format: Literal["auto", "jsonl", "json", "parquet", "csv"] = "auto"
+    """File format. `auto` uses the file extension (`.jsonl`, `.json`, `.parquet`, `.csv`). With `sources`,
+    the format of every source that sets none."""
+
+    sources: list[MixtureSource] | None = Field(default=None, min_length=1, max_length=MAX_SOURCES)
+    """A mixture: several files or globs, each with a `weight` (relative proportion) or a `samples` count.
+    The mixture is drawn with `hyperparameters.seed` (the same seed gives the same examples in the same order)
+    and shuffled; its realised proportions appear in `status.dataset.sources`. Mutually exclusive with `uri`."""
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> TrainingData:
+        if (self.uri is None) == (self.sources is None):
+            raise ValueError("sources: set uri (one file or a glob over shards) or sources (a mixture), "
+                             "exactly one of them")
+        names = [s.name for s in self.sources or () if s.name]
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"sources: source names must be unique within the mixture; repeated: "
+                             f"{', '.join(repeated)}")
+        return self
+
+    def mixture(self) -> list[MixtureSource]:
+        """The sources, with names and formats resolved; one source (no weight) for `uri`."""
+        if self.sources is None:
+            return [MixtureSource(name=_default_source_name(self.uri or ""), uri=self.uri or "", format=self.format)]
+        taken: set[str] = {s.name for s in self.sources if s.name}
+        out = []
+        for source in self.sources:
+            name = source.name
+            if name is None:
+                base = _default_source_name(source.uri)
+                name, n = base, 1
+                while name in taken:
+                    n += 1
+                    name = f"{base}-{n}"
+                taken.add(name)
+            out.append(source.model_copy(update={"name": name, "format": source.format or self.format}))
+        return out
+
+    def describe(self) -> str:
+        """One line for humans: the file or glob, or the sources with their weights or counts."""
+        if self.sources is None:
+            return str(self.uri)
+        parts = []
+        for source in self.mixture():
+            share = (f" weight {source.weight:g}" if source.weight is not None
+                     else f" samples {source.samples}" if source.samples is not None else "")
+            parts.append(f"{source.name} ({source.uri}{share})")
+        return f"mixture of {len(parts)}: " + ", ".join(parts)
+
+
 class DatasetSpec(ApiModel):
     """The instruction/response data and how it becomes token sequences."""
 
@@ -150,14 +327,16 @@ class DatasetSpec(ApiModel):
         ),
     )
 
-    train: DataSource
-    """The training file."""
+    train: TrainingData
+    """The training data: `{uri}` (one file, or a glob over shards) or `{sources: [...]}` (a weighted mixture)."""
 
     validation: DataSource | None = None
-    """A held-out file. Mutually exclusive with `validationSplit`."""
+    """A held-out file (or a glob over shards). Mutually exclusive with `validationSplit`. With a mixture,
+    `validationSplit` holds out rows of every source, so the evaluation loss can be reported per source."""
 
     validation_split: float | None = Field(default=None, gt=0, lt=0.5)
-    """Fraction of the training rows held out for validation (split with `hyperparameters.seed`).
+    """Fraction of the training rows held out for validation (split with `hyperparameters.seed`; in a
+    mixture, of each source's rows before the mixture is drawn, so no repeated example is on both sides).
     Mutually exclusive with `validation`. Neither set: no evaluation."""
 
     data_schema: Literal["auto", "prompt_completion", "messages", "alpaca", "sharegpt", "text"] = Field(
@@ -238,6 +417,26 @@ class DatasetSpec(ApiModel):
         if self.validation is not None and self.validation_split is not None:
             raise ValueError("validationSplit: set either validation or validationSplit, not both")
         return self
+
+    def with_uris(self, change: Callable[[str], str]) -> DatasetSpec:
+        """A copy with `change` applied to every dataset URI (the training file or each source, the validation).
+
+        Args:
+            change: Maps one URI to another (e.g. a relative path to an absolute one).
+
+        Returns:
+            The changed copy; this spec is left as it is.
+        """
+        train = self.train
+        if train.uri is not None:
+            train = train.model_copy(update={"uri": change(train.uri)})
+        if train.sources is not None:
+            train = train.model_copy(update={"sources": [s.model_copy(update={"uri": change(s.uri)})
+                                                         for s in train.sources]})
+        validation = self.validation
+        if validation is not None:
+            validation = validation.model_copy(update={"uri": change(validation.uri)})
+        return self.model_copy(update={"train": train, "validation": validation})
 
 
 # --------------------------------------------------------------------------------------------- method
@@ -368,7 +567,8 @@ class LossSpikeSpec(ApiModel):
     The step's update is never applied: the weights and the optimizer state stay as they were before
     that batch, which is the state a rollback to the last checkpoint would replay towards, without the
     replay. Skipped steps still count as steps (the learning-rate schedule moves on) and appear in
-    `status.progress.skippedBatches`."""
+    `status.progress.skippedBatches`.
+    """
 
     factor: float = Field(default=3.0, gt=1, le=1000)
     """A step is skipped when its loss exceeds `factor` times the median loss of the last `window` steps."""
@@ -731,7 +931,363 @@ class RunPolicySpec(ApiModel):
     """Stop and retry (within `backoffLimit`) an attempt whose trainer has not updated `progress.json` for this
     long while it runs: a hung trainer gets a `Stalled` condition and a new attempt that resumes from the latest
     checkpoint. The trainer writes at least every step and at each phase change; set this above the longest
-    quiet stretch (dataset preparation, an evaluation pass, a checkpoint upload)."""
+    quiet stretch (loading the model, dataset preparation, an evaluation pass, a checkpoint upload)."""
+
+
+class MlflowTrackingSpec(ApiModel):
+    """An MLflow tracking server that receives the job's run."""
+
+    tracking_uri: HttpUrl
+    """Base URL of the MLflow tracking server (e.g. `http://mlflow.mlops.svc:5000`). Artifacts go through the
+    server (`mlflow server --serve-artifacts`, its default), so the trainer needs no artifact-store credentials."""
+
+    experiment: Name = "sftjob"
+    """The experiment the run belongs to (created when missing)."""
+
+    secret_ref: SecretReference | None = None
+    """Secret with the server's credentials: `MLFLOW_TRACKING_TOKEN` (a bearer token), or
+    `MLFLOW_TRACKING_USERNAME` and `MLFLOW_TRACKING_PASSWORD` (basic auth). Unset: no authentication."""
+
+
+class WandbTrackingSpec(ApiModel):
+    """A Weights & Biases project that receives the job's run."""
+
+    project: Name
+    """The W&B project."""
+
+    entity: Name | None = None
+    """The W&B team or user owning the project (unset: the API key's default entity)."""
+
+    secret_ref: SecretReference | None = None
+    """Secret holding `WANDB_API_KEY` (and `WANDB_BASE_URL` for a self-hosted server). Not needed offline."""
+
+    mode: Literal["online", "offline"] = "online"
+    """`online` streams to the W&B server; `offline` writes the run's files under `<output>/wandb/` without any
+    network (upload them later with `wandb sync`)."""
+
+
+class TrackingSpec(ApiModel):
+    """Experiment tracking: one run per job, continued by every attempt, each step logged once."""
+
+    mlflow: MlflowTrackingSpec | None = None
+    """Log to an MLflow tracking server: hyperparameters as params, training and evaluation metrics per step,
+    and the dataset statistics, evaluation results and `manifest.json` as artifacts at the end."""
+
+    tensorboard: bool = False
+    """Write TensorBoard event files (the same metrics) under `<output>/tensorboard/`."""
+
+    wandb: WandbTrackingSpec | None = None
+    """Log to Weights & Biases (the same params, metrics and artifacts)."""
+
+
+# ---------------------------------------------------------------------------------------------- distillation
+
+# `dataset.train.uri` of a job with `distillation`: the job trains on the teacher's answers, which the trainer
+# writes to `<job output>/data/distilled.jsonl` before training (a reserved name, never read as a path).
+DISTILLED_TRAIN_URI = "distilled"
+
+
+class TeacherSpec(ApiModel):
+    """The model that answers the prompts: any OpenAI-compatible chat-completions endpoint."""
+
+    endpoint: HttpUrl
+    """Base URL of the OpenAI-compatible API, up to and including `/v1` (vLLM, SGLang, a hosted API,
+    `transformers serve`), e.g. `http://vllm.llm.svc:8000/v1`. Requests go to `<endpoint>/chat/completions`."""
+
+    model: Name
+    """The teacher model's name at the endpoint."""
+
+    secret_ref: SecretReference | None = None
+    """Secret holding the API key as `OPENAI_API_KEY`, sent as a bearer token. The trainer reads it from
+    `SFTJOB_TEACHER_API_KEY`, else `OPENAI_API_KEY`; it never appears in the resource, the RayJob, logs, errors
+    or artifacts. Unset: no Authorization header (a server without authentication)."""
+
+    concurrency: int = Field(default=8, ge=1, le=1024)
+    """Requests in flight at most, across the Ray cluster (Ray Data actors x requests per actor)."""
+
+    timeout_seconds: float = Field(default=300.0, gt=0, le=3600)
+    """Timeout of one request, connection included; a request that takes longer counts as failed and is
+    retried."""
+
+    max_retries: int = Field(default=4, ge=0, le=10)
+    """Retries of one request that times out, cannot connect, or is answered 408, 429 or 5xx, with exponential
+    backoff (1, 2, 4, ... s). When one request has spent them, the attempt fails with the retryable
+    `TeacherUnavailable`; what was generated is kept, and the next attempt continues from it."""
+
+
+class SelfInstructSpec(ApiModel):
+    """Self-Instruct: grow new instructions from a few seed tasks with the teacher, then answer them."""
+
+    seed_tasks: StorageUri
+    """A file of seed tasks (jsonl, json, parquet or csv), one per row in an `instruction` or `prompt` column
+    (Alpaca's `input` is appended to the instruction). A few dozen diverse tasks is typical (Self-Instruct
+    started from 175)."""
+
+    count: int = Field(ge=1, le=50_000)
+    """How many new instructions to generate (the seed tasks are not answered themselves)."""
+
+    similarity_threshold: float = Field(default=0.7, gt=0, le=1)
+    """A generated instruction whose ROUGE-L F1 with any instruction already in the pool (seeds included) is
+    above this is a near-duplicate and dropped (Self-Instruct's 0.7)."""
+
+    evolve: Literal["deeper", "broader"] | None = None
+    """Evol-Instruct: rewrite every generated instruction once with a fixed prompt, `deeper` (harder: more
+    constraints, more reasoning steps) or `broader` (a new, rarer task of the same domain). Unset: no rewrite."""
+
+
+class PromptsSpec(ApiModel):
+    """The prompts the teacher answers: a file, or instructions grown from seed tasks (`generate`)."""
+
+    cel_rules = (
+        CelRule(
+            rule="has(self.uri) != has(self.generate)",
+            message="set exactly one of uri (a prompts file) and generate (Self-Instruct from seed tasks)",
+            field_path=".uri",
+        ),
+    )
+
+    uri: StorageUri | None = None
+    """The prompts file (`s3://bucket/key` or a path): jsonl, json, parquet or csv."""
+
+    format: Literal["auto", "jsonl", "json", "parquet", "csv"] = "auto"
+    """File format. `auto` uses the file extension."""
+
+    prompt_schema: Literal["auto", "prompt", "alpaca", "messages"] = Field(default="auto", alias="schema")
+    """Row layout: `prompt` (a string column), `alpaca` (`instruction`, optional `input`) or `messages`
+    (a conversation; turns after its last user turn are dropped, so an SFT dataset can be re-answered).
+    `auto` detects it from the columns, in that order of precedence: messages, instruction, prompt."""
+
+    column_map: dict[str, Name] = Field(default_factory=dict, max_length=32)
+    """Renames applied to every row first: `{fileColumn: expectedColumn}`, e.g. `{question: prompt}`."""
+
+    limit: int | None = Field(default=None, ge=1)
+    """Answer only the first N prompts of the file (try a recipe on a few before paying for all)."""
+
+    generate: SelfInstructSpec | None = None
+    """Self-Instruct instead of a prompts file: the prompts are instructions the teacher writes."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> PromptsSpec:
+        if (self.uri is None) == (self.generate is None):
+            raise ValueError("uri: set exactly one of uri (a prompts file) and generate (Self-Instruct from seed "
+                             "tasks)")
+        return self
+
+
+class VerifierSpec(ApiModel):
+    """Rejection sampling: keep an answer only when its final answer equals the prompt's reference answer."""
+
+    cel_rules = (
+        CelRule(
+            rule="self.extract != 'regex' || has(self.regex)",
+            message="extract regex needs regex (the pattern whose first group is the final answer)",
+            field_path=".regex",
+        ),
+    )
+
+    extract: Literal["boxed", "regex"] = "boxed"
+    """How the final answer is taken from the teacher's answer: the last `\\boxed{...}` (braces balanced), or
+    the last match of `regex`. The reference is read the same way when it matches, else used whole."""
+
+    regex: Text | None = None
+    """Pattern for `extract: regex` (Python syntax); its first group, if it has one, is the answer."""
+
+    reference_column: Name = "answer"
+    """The prompts file's column holding the reference answer (after `prompts.columnMap`). Answers are compared
+    trimmed, without `$`, thousands separators or a trailing period, and as numbers when both parse as numbers."""
+
+    @model_validator(mode="after")
+    def _regex_given(self) -> VerifierSpec:
+        if self.extract == "regex" and self.regex is None:
+            raise ValueError("regex: extract regex needs regex (the pattern whose first group is the final answer)")
+        if self.regex is not None:
+            try:
+                re.compile(self.regex)
+            except re.error as err:
+                raise ValueError(f"regex: not a valid regular expression: {err}") from None
+        return self
+
+
+class DistillDedupSpec(ApiModel):
+    """Duplicate removal on the generated (prompt, answer) pairs."""
+
+    exact: bool = True
+    """Drop a pair whose prompt and answer equal an earlier pair's, after whitespace and case normalisation."""
+
+    near: bool = True
+    """Drop a pair whose text is a near-duplicate of an earlier kept pair: MinHash (128 permutations) of word
+    5-gram shingles, indexed by LSH, above `nearThreshold` estimated Jaccard similarity."""
+
+    near_threshold: float = Field(default=0.8, gt=0, le=1)
+    """Jaccard similarity of the shingle sets above which two pairs are near-duplicates."""
+
+
+class DecontaminationSpec(ApiModel):
+    """Drop generated rows that overlap the data the model is evaluated on (word n-gram overlap)."""
+
+    enabled: bool = True
+    """Compare against `dataset.validation`, the files of `evaluation.tasks` and `uris`. Nothing to compare
+    against (e.g. `validationSplit` only): nothing is dropped."""
+
+    ngram: int = Field(default=13, ge=1, le=64)
+    """A row is contaminated when one of its word n-grams (lowercased words) appears in an evaluation text; a
+    text shorter than n words counts as one n-gram of its own length (13: GPT-3's decontamination)."""
+
+    uris: list[StorageUri] = Field(default_factory=list, max_length=16)
+    """More files to decontaminate against (jsonl, json, parquet or csv; every string in a row counts)."""
+
+
+class DistillationFilters(ApiModel):
+    """What makes a teacher's answer a training example. Every drop is counted by reason."""
+
+    cel_rules = (
+        CelRule(
+            rule="!has(self.maxLength) || self.maxLength >= self.minLength",
+            message="maxLength must be at least minLength",
+            field_path=".maxLength",
+        ),
+    )
+
+    verifier: VerifierSpec | None = None
+    """Rejection sampling against a reference answer (unset: answers are not checked)."""
+
+    dedup: DistillDedupSpec = Field(default_factory=DistillDedupSpec)
+    """Exact and near-duplicate removal."""
+
+    min_length: int = Field(default=1, ge=0, le=1_000_000)
+    """Shortest answer kept, in characters (reasoning not counted)."""
+
+    max_length: int | None = Field(default=None, ge=1, le=10_000_000)
+    """Longest answer kept, in characters (reasoning not counted). Unset: no bound. An answer the teacher cut
+    at `maxTokens` is always dropped (`truncated`)."""
+
+    refusals: bool = True
+    """Drop refusals: answers that start with or contain a known refusal phrase ("I'm sorry, but I can't",
+    "As an AI language model", ...; the list is in docs/distillation.md)."""
+
+    decontaminate: DecontaminationSpec = Field(default_factory=DecontaminationSpec)
+    """Drop rows that overlap evaluation data."""
+
+    @model_validator(mode="after")
+    def _length_bounds(self) -> DistillationFilters:
+        if self.max_length is not None and self.max_length < self.min_length:
+            raise ValueError(f"maxLength: must be at least minLength ({self.min_length})")
+        return self
+
+
+class DistillationSpec(ApiModel):
+    """Generate the training data with a teacher model first, then train on it.
+
+    The teacher's answers, filtered, become `<output>/data/distilled.jsonl` (the messages schema), with their
+    statistics in `data/distilled.stats.json`; `dataset.train.uri` must be `distilled`. Generation is cached by
+    a content hash of the prompts, the teacher and the sampling settings, so a retried attempt never pays for it
+    twice, and continues from what an interrupted attempt generated.
+    """
+
+    cel_rules = (
+        CelRule(
+            rule="self.samplesPerPrompt == 1 || self.temperature > 0.0",
+            message="samplesPerPrompt above 1 needs temperature above 0 (greedy decoding repeats one answer)",
+            field_path=".samplesPerPrompt",
+        ),
+        CelRule(
+            rule="!has(self.filters) || !has(self.filters.verifier) || has(self.prompts.uri)",
+            message="filters.verifier compares with a reference column of a prompts file: set prompts.uri",
+            field_path=".filters.verifier",
+        ),
+    )
+
+    teacher: TeacherSpec
+    """The endpoint and model that answer."""
+
+    prompts: PromptsSpec
+    """What the teacher answers."""
+
+    system_prompt: Text | None = None
+    """A system message sent before every prompt, e.g. Orca's "explain step by step, justify your answer".
+    It is sent to the teacher only, never trained on; a prompt row's own system message wins."""
+
+    temperature: float = Field(default=0.7, ge=0, le=2)
+    """Sampling temperature of the teacher (0: greedy)."""
+
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Nucleus sampling: the smallest token set whose probability reaches this."""
+
+    max_tokens: int = Field(default=2048, ge=1, le=262_144)
+    """Longest answer in tokens (reasoning included); a cut answer is dropped as `truncated`."""
+
+    samples_per_prompt: int = Field(default=1, ge=1, le=64)
+    """Answers requested per prompt (one request each): with a verifier, more samples keep more prompts
+    (rejection sampling); the kept answers of one prompt all train."""
+
+    keep_reasoning: bool = True
+    """Keep the teacher's reasoning (`reasoning_content` / `reasoning` of the reply, or a leading
+    `<think>...</think>` block) as the assistant message's `reasoning` field, which `dataset.reasoning` then
+    keeps or drops. False: the reasoning is discarded and only the answer is stored."""
+
+    filters: DistillationFilters = Field(default_factory=DistillationFilters)
+    """Verification, duplicates, length bounds, refusals and decontamination."""
+
+    @model_validator(mode="after")
+    def _sampling_and_verifier(self) -> DistillationSpec:
+        if self.samples_per_prompt > 1 and self.temperature == 0:
+            raise ValueError("samplesPerPrompt: above 1 needs temperature above 0 (greedy decoding repeats one "
+                             "answer)")
+        if self.filters.verifier is not None and self.prompts.uri is None:
+            raise ValueError("filters: the verifier compares with a reference column of a prompts file: set "
+                             "prompts.uri")
+        return self
+
+
+class DistillationStats(ApiModel):
+    """What a distillation run generated and kept: `data/distilled.stats.json`, for the status and the manifest."""
+
+    uri: StorageUri | None = None
+    """The distilled training file (`<output>/data/distilled.jsonl`)."""
+
+    complete: bool = False
+    """Whether every request was answered; a partial run (the teacher went away) is never trained on."""
+
+    prompts: int = Field(default=0, ge=0)
+    """Prompts answered (after `limit`; for Self-Instruct, the instructions generated)."""
+
+    instructions_generated: int | None = Field(default=None, ge=0)
+    """Self-Instruct: new instructions kept in the pool (after the ROUGE-L filter)."""
+
+    instructions_dropped: int | None = Field(default=None, ge=0)
+    """Self-Instruct: generated instructions dropped as near-duplicates, unparseable or empty."""
+
+    requests: int = Field(default=0, ge=0)
+    """Requests this run sent to the teacher (retries of one request count once)."""
+
+    cached_requests: int = Field(default=0, ge=0)
+    """Answers reused from an earlier run's cache instead of being requested again."""
+
+    responses: int = Field(default=0, ge=0)
+    """Answers the filters saw (prompts x samplesPerPrompt when complete)."""
+
+    kept: int = Field(default=0, ge=0)
+    """Answers kept as training examples."""
+
+    dropped: dict[str, int] = Field(default_factory=dict, max_length=32)
+    """Dropped answers by reason: teacher_error, empty, truncated, too_short, too_long, refusal, no_answer,
+    wrong_answer, contaminated, duplicate, near_duplicate."""
+
+    prompt_tokens: int = Field(default=0, ge=0)
+    """Prompt tokens of every answer used (as the teacher counted them), cached ones included."""
+
+    completion_tokens: int = Field(default=0, ge=0)
+    """Completion tokens of every answer used (reasoning included)."""
+
+    seconds: float = Field(default=0.0, ge=0)
+    """Wall time of this run's generation (cache hits cost none)."""
+
+    cache: Name | None = None
+    """`hit <key>` (every answer reused), `partial <key>` (some reused) or `miss <key>`; `<key>` is the first 12
+    hex digits of the content hash of prompts, teacher and sampling settings."""
+
+    sha256: Name | None = None
+    """Digest of `distilled.jsonl`."""
 
 
 class SFTJobSpec(ApiModel):
@@ -770,6 +1326,30 @@ class SFTJobSpec(ApiModel):
                     "or dataset.validationSplit",
             field_path=".output.select",
         ),
+        CelRule(
+            rule="has(self.distillation) == has(oldSelf.distillation) "
+                 "&& (!has(self.distillation) || self.distillation == oldSelf.distillation)",
+            message="distillation is immutable; create a new SFTJob",
+            field_path=".distillation",
+        ),
+        CelRule(
+            rule=f"!has(self.distillation) || self.dataset.train.uri == '{DISTILLED_TRAIN_URI}'",
+            message="with distillation the job trains on the teacher's answers (<output>/data/distilled.jsonl): set "
+                    f"dataset.train.uri: {DISTILLED_TRAIN_URI}",
+            field_path=".dataset.train.uri",
+        ),
+        CelRule(
+            rule=f"has(self.distillation) || self.dataset.train.uri != '{DISTILLED_TRAIN_URI}'",
+            message=f"dataset.train.uri '{DISTILLED_TRAIN_URI}' names the teacher's answers: set distillation, or "
+                    "point dataset.train.uri at a file",
+            field_path=".dataset.train.uri",
+        ),
+        CelRule(
+            rule="!has(self.distillation) || !has(self.dataset.schema) || self.dataset.schema == 'auto' "
+                 "|| self.dataset.schema == 'messages'",
+            message="distilled data is in the messages schema: set dataset.schema to auto or messages",
+            field_path=".dataset.schema",
+        ),
     )
 
     model: ModelSpec
@@ -777,6 +1357,11 @@ class SFTJobSpec(ApiModel):
 
     dataset: DatasetSpec
     """Training (and validation) data."""
+
+    distillation: DistillationSpec | None = None
+    """Generate the training data first: a teacher model answers prompts (or grows instructions from seed tasks),
+    the answers are filtered, and the job trains on them (`dataset.train.uri: distilled`). Unset: the job trains
+    on `dataset.train`."""
 
     method: MethodSpec = Field(default_factory=MethodSpec)
     """LoRA, QLoRA, full fine-tuning, layer freezing or prompt tuning."""
@@ -799,6 +1384,9 @@ class SFTJobSpec(ApiModel):
     run_policy: RunPolicySpec = Field(default_factory=RunPolicySpec)
     """Suspension, deadline, retries, TTL and queueing."""
 
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment tracking (MLflow, TensorBoard, Weights & Biases); off unless set."""
+
     @model_validator(mode="after")
     def _best_needs_evaluation(self) -> SFTJobSpec:
         if self.output.select != "best":
@@ -812,11 +1400,26 @@ class SFTJobSpec(ApiModel):
                              f"({every}) must equal checkpointing.interval ({save}); set one of them, or both equal")
         return self
 
+    @model_validator(mode="after")
+    def _distillation_trains_on_its_answers(self) -> SFTJobSpec:
+        distilled = self.dataset.train.uri == DISTILLED_TRAIN_URI
+        if self.distillation is not None and not distilled:
+            raise ValueError(f"dataset: with distillation the job trains on the teacher's answers "
+                             f"(<output>/data/distilled.jsonl): set dataset.train.uri: {DISTILLED_TRAIN_URI}")
+        if self.distillation is None and distilled:
+            raise ValueError(f"dataset: dataset.train.uri '{DISTILLED_TRAIN_URI}' names the teacher's answers: set "
+                             "distillation, or point dataset.train.uri at a file")
+        if self.distillation is not None and self.dataset.data_schema not in ("auto", "messages"):
+            raise ValueError("dataset: distilled data is in the messages schema: set dataset.schema to auto or "
+                             "messages")
+        return self
+
 
 # --------------------------------------------------------------------------------------------- status
 
 Phase = Literal[
-    "Pending", "Validating", "Queued", "Initializing", "Running", "Exporting", "Succeeded", "Failed", "Suspended"
+    "Pending", "Validating", "Queued", "Initializing", "Generating", "Running", "Exporting", "Succeeded", "Failed",
+    "Suspended"
 ]
 
 
@@ -965,6 +1568,53 @@ class DatasetStats(ApiModel):
     """The trainer's data cache: `hit <key>` (prepared data reused, nothing re-tokenized) or
     `miss <key>` (prepared and stored for the next attempt); `<key>` is the first 12 hex digits of
     the content hash."""
+
+    sources: list[SourceStats] | None = Field(default=None, max_length=MAX_SOURCES)
+    """Per source of a mixture (`dataset.train.sources`): what was read, requested and realised."""
+
+
+class SourceStats(ApiModel):
+    """One source of a training mixture, as drawn."""
+
+    name: Name
+    """The source's name (`sources[].name`, or the one derived from its URI)."""
+
+    format: Name | None = None
+    """The detected or configured schema of this source."""
+
+    files: int = Field(default=0, ge=0)
+    """Files read (a glob's shards; fewer than `filesMatched` when a `samples` count needed only some)."""
+
+    files_matched: int = Field(default=0, ge=0)
+    """Files the URI or glob matched."""
+
+    rows: int = Field(default=0, ge=0)
+    """Rows read from this source's files."""
+
+    available: int = Field(default=0, ge=0)
+    """Usable distinct training examples the mixture was drawn from (after format checks, quality filter,
+    de-duplication and the validation hold-out)."""
+
+    weight: float | None = None
+    """The requested weight, if any."""
+
+    samples: int | None = None
+    """The requested count, if any."""
+
+    train_examples: int = Field(default=0, ge=0)
+    """Training examples drawn from this source (after the length policy); above `available` when repeated."""
+
+    proportion: float = Field(default=0.0, ge=0, le=1)
+    """Realised share of the training examples."""
+
+    tokens: int = Field(default=0, ge=0)
+    """Training tokens from this source."""
+
+    validation_examples: int = Field(default=0, ge=0)
+    """Held-out examples of this source (with `validationSplit`)."""
+
+    eval_loss: float | None = None
+    """Evaluation loss on this source's held-out examples, after training."""
 
 
 class Progress(ApiModel):
@@ -1209,6 +1859,48 @@ class ErrorStatus(ApiModel):
     """Whether another attempt may succeed."""
 
 
+class MlflowRunStatus(ApiModel):
+    """The job's MLflow run."""
+
+    run_id: Name
+    """The run id; every attempt of the job logs to this run."""
+
+    experiment_id: Name
+    """The id of the run's experiment."""
+
+    url: str = Field(max_length=2048)
+    """The run's page on the tracking server."""
+
+
+class WandbRunStatus(ApiModel):
+    """The job's Weights & Biases run."""
+
+    run_id: Name
+    """The run id; every attempt of the job resumes this run."""
+
+    mode: Literal["online", "offline"]
+    """`offline`: the run's files are under `<output>/wandb/`, to upload with `wandb sync`."""
+
+    url: str | None = Field(default=None, max_length=2048)
+    """The run's page (online mode only)."""
+
+
+class TrackingStatus(ApiModel):
+    """Where the job's experiment tracking runs are (`spec.tracking`)."""
+
+    mlflow: MlflowRunStatus | None = None
+    """The MLflow run."""
+
+    wandb: WandbRunStatus | None = None
+    """The Weights & Biases run."""
+
+    tensorboard_uri: StorageUri | None = None
+    """The directory of the TensorBoard event files (`tensorboard --logdir` it, or its synced copy)."""
+
+    message: Text | None = None
+    """Why a tracker is missing: its server could not be reached (training goes on without it)."""
+
+
 class SFTJobStatus(ApiModel):
     """Observed state, written by the operator only."""
 
@@ -1248,6 +1940,9 @@ class SFTJobStatus(ApiModel):
 
     evaluation: EvaluationStatus | None = None
     """Evaluation results: forgetting on the reference set."""
+
+    tracking: TrackingStatus | None = None
+    """The experiment tracking runs (MLflow, Weights & Biases) and the TensorBoard directory, with their URLs."""
 
     best_checkpoint: CheckpointRef | None = None
     """The checkpoint with the lowest evaluation loss."""

@@ -24,7 +24,10 @@ from kubernetes.client.rest import ApiException
 from sftjob_api.types import GROUP, PLURAL, VERSION
 from sftjob_operator.rbac import required_rbac_rules, requires
 
-__all__ = ["KubeClient", "required_rbac_rules"]
+__all__ = ["ApiError", "KubeClient", "required_rbac_rules"]
+
+ApiError = ApiException
+"""What a failed call raises (the client's exception), for callers that treat a call as optional."""
 
 RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
 # Concurrent calls share one connection pool; the client's default (4) would drop connections.
@@ -154,6 +157,21 @@ class KubeClient:
         except ApiException as err:
             if not _missing(err):
                 raise
+
+    # ----------------------------------------------------------------------------------------- Pods
+
+    @requires("", "pods", "list")
+    async def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The pods of one namespace that match a label selector, as plain dicts (for the pod diagnosis).
+
+        Unparsed by the client: its model classes would cost a deep conversion of every pod spec, and with the
+        content preloaded it would log whole pod bodies at DEBUG level.
+        """
+        response = await asyncio.to_thread(
+            self._core.list_namespaced_pod, namespace, label_selector=selector, _preload_content=False
+        )
+        items: list[dict[str, Any]] = json.loads(response.data).get("items") or []
+        return items
 
     # ------------------------------------------------------------------------------ Secrets, events
 

@@ -52,6 +52,9 @@ HEAD_MEMORY = "8Gi"
 SUBMITTER_CPU = "500m"
 SUBMITTER_MEMORY = "512Mi"
 WORKER_GROUP = "workers"
+HEAD_CONTAINER = "ray-head"
+WORKER_CONTAINER = "ray-worker"
+SUBMITTER_CONTAINER = "ray-job-submitter"
 # The trainer image runs as the `ray` user of the Ray base images (uid 1000, gid 100).
 RUN_AS_USER = 1000
 RUN_AS_GROUP = 100
@@ -255,7 +258,7 @@ def build_rayjob(
 
     env, env_from = _env(job, attempt), _env_from(job)
     head_container: dict[str, Any] = {
-        "name": "ray-head",
+        "name": HEAD_CONTAINER,
         "image": image,
         "env": env,
         "resources": {
@@ -269,7 +272,7 @@ def build_rayjob(
     if compute.gpus_per_worker:
         worker_limits["nvidia.com/gpu"] = str(compute.gpus_per_worker)
     worker_container: dict[str, Any] = {
-        "name": "ray-worker",
+        "name": WORKER_CONTAINER,
         "image": image,
         "env": env,
         "resources": {"requests": {"cpu": cpu, "memory": memory}, "limits": worker_limits},
@@ -281,7 +284,7 @@ def build_rayjob(
         worker_container["envFrom"] = env_from
     pod_labels = {"labels": labels}
     submitter: dict[str, Any] = {
-        "name": "ray-job-submitter",
+        "name": SUBMITTER_CONTAINER,
         "image": image,
         "resources": {
             "requests": {"cpu": SUBMITTER_CPU, "memory": SUBMITTER_MEMORY},
@@ -329,6 +332,9 @@ def build_rayjob(
     )
     if deadline is not None:
         rayjob_spec["activeDeadlineSeconds"] = max(1, int(deadline))
+    if spec.run_policy.startup_deadline_seconds is not None:
+        # Each attempt gets the whole window: KubeRay counts it from the RayJob's own status.startTime.
+        rayjob_spec["preRunningDeadlineSeconds"] = spec.run_policy.startup_deadline_seconds
     manifest = {"apiVersion": RAYJOB_API_VERSION, "kind": RAYJOB_KIND, "metadata": metadata, "spec": rayjob_spec}
     # A JSON round trip leaves no shared sub-objects (the env list is used twice, the labels four times).
     result: dict[str, Any] = json.loads(json.dumps(manifest))

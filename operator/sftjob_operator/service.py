@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -19,14 +20,17 @@ from pydantic import ValidationError
 from sftjob_api.errors import check_document
 from sftjob_api.types import SFTJob, SFTJobStatus
 from sftjob_operator import metrics
-from sftjob_operator.kube import KubeClient
+from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.pods import PodProblem, diagnose_pods, pod_selector, should_list_pods
 from sftjob_operator.rayjob import LABEL_NAME, build_rayjob, check_renderable, rayjob_name
 from sftjob_operator.settings import Settings
 from sftjob_operator.status import (
+    PODS_HEALTHY,
     TERMINAL_PHASES,
     Derivation,
     Event,
     ProgressSnapshot,
+    RayState,
     classify_rayjob,
     derive_invalid,
     derive_status,
@@ -86,12 +90,16 @@ class Reconciler:
         self._locks: dict[str, asyncio.Lock] = {}
         self._written: dict[str, dict[str, Any]] = {}
         self._problems: dict[str, str | None] = {}
+        self._pods_listed: dict[str, float] = {}
+        self._pods_failing: dict[str, str | None] = {}
 
     def forget(self, uid: str) -> None:
         """Drop what is remembered about a deleted job."""
         self._locks.pop(uid, None)
         self._written.pop(uid, None)
         self._problems.pop(uid, None)
+        self._pods_listed.pop(uid, None)
+        self._pods_failing.pop(uid, None)
         self.phases.set(uid, None)
 
     async def reconcile(self, body: Mapping[str, Any], trigger: str) -> None:
@@ -181,6 +189,7 @@ class Reconciler:
         )
         rayjob: Mapping[str, Any] | None = None
         snapshot: ProgressSnapshot | None = None
+        pods: list[PodProblem] | None = None
         if active and previous.attempt:
             rayjob = await self.kube.get_rayjob(namespace, rayjob_name(job.name, previous.attempt))
             if rayjob is not None:
@@ -188,8 +197,12 @@ class Reconciler:
             ray = classify_rayjob((rayjob or {}).get("status"))
             if trigger == TRIGGER_TIMER or ray.terminal:
                 snapshot = await self._read_progress(job, manifest=ray.phase == "Succeeded")
+            if rayjob is not None and self._pods_due(job, previous, rayjob, ray, trigger):
+                pods = await self._diagnose_pods(job, previous.attempt)
 
-        derivation = derive_status(job, previous, generation=generation, now=now, rayjob=rayjob, snapshot=snapshot)
+        derivation = derive_status(
+            job, previous, generation=generation, now=now, rayjob=rayjob, snapshot=snapshot, pods=pods
+        )
         if derivation.create_attempt is not None:
             events: list[Event] = list(derivation.events)
             created = await self._ensure_rayjob(job, derivation.create_attempt, derivation.status, now, events)
@@ -236,6 +249,43 @@ class Reconciler:
                 f"RayJob {rayjob['metadata']['name']} is controlled by {owner}, not by this SFTJob ({uid}); "
                 "waiting for it to be garbage-collected"
             )
+
+    def _pods_due(
+        self, job: SFTJob, previous: SFTJobStatus, rayjob: Mapping[str, Any], ray: RayState, trigger: str
+    ) -> bool:
+        """Whether this reconcile lists the attempt's pods (the throttle is `pods.should_list_pods`)."""
+        if (rayjob.get("metadata") or {}).get("deletionTimestamp"):
+            return False
+        uid = str((job.metadata.model_extra or {}).get("uid"))
+        listed = self._pods_listed.get(uid)
+        condition = next((c for c in previous.conditions if c.type == PODS_HEALTHY), None)
+        return should_list_pods(
+            attempt_phase=ray.phase,
+            started=bool((rayjob.get("status") or {}).get("jobDeploymentStatus")),
+            suspended=bool((rayjob.get("spec") or {}).get("suspend")) or job.spec.run_policy.suspend,
+            unhealthy=condition is not None and condition.status == "False",
+            timer=trigger == TRIGGER_TIMER,
+            since_last=None if listed is None else time.monotonic() - listed,
+            interval=self.settings.progress_interval_seconds,
+        )
+
+    async def _diagnose_pods(self, job: SFTJob, attempt: int) -> list[PodProblem] | None:
+        """What is wrong with the attempt's pods; None when they cannot be listed (the diagnosis is optional)."""
+        namespace = job.metadata.namespace or ""
+        uid = str((job.metadata.model_extra or {}).get("uid"))
+        self._pods_listed[uid] = time.monotonic()
+        try:
+            items = await self.kube.list_pods(namespace, pod_selector(job.name, attempt))
+        except ApiError as err:
+            # E.g. 403 from a chart older than the operator (no `list pods`): the job runs on, undiagnosed.
+            failure = f"{err.status} {err.reason}"
+            if self._pods_failing.get(uid) != failure:
+                logger.warning("%s/%s: cannot list the pods of attempt %d: %s", namespace, job.name, attempt, failure)
+            self._pods_failing[uid] = failure
+            return None
+        self._pods_failing[uid] = None
+        # No pods (not created yet, or already deleted) tell nothing: the condition keeps what it had.
+        return diagnose_pods(items, namespace=namespace) if items else None
 
     async def _read_progress(self, job: SFTJob, *, manifest: bool) -> ProgressSnapshot:
         snapshot = await self.reader.read(job, manifest=manifest)

@@ -24,12 +24,19 @@ from typing import Any, Literal
 from sftjob_api.errors import FieldProblem
 from sftjob_api.progress import (
     ADAPTER_DIR,
+    CRASH_LOOP_BACK_OFF,
+    CREATE_CONTAINER_CONFIG_ERROR,
     FORGETTING_EXCEEDED,
+    IMAGE_PULL_BACK_OFF,
+    JUDGE_UNAVAILABLE,
     MANIFEST_FILE,
     MODEL_DIR,
     NON_RETRYABLE_CODES,
+    OOM_KILLED,
     OUT_OF_MEMORY,
     RETRYABLE_CODES,
+    STALLED,
+    UNSCHEDULABLE,
     ProgressFile,
     format_duration,
     job_output_uri,
@@ -43,9 +50,11 @@ from sftjob_api.types import (
     Phase,
     Progress,
     RayJobStatus,
+    RunPolicySpec,
     SFTJob,
     SFTJobStatus,
 )
+from sftjob_operator.pods import PodProblem, summarize
 from sftjob_operator.rayjob import rayjob_name
 
 JOB_DEPLOYMENT_STATUSES = (
@@ -67,13 +76,15 @@ JOB_DEPLOYMENT_STATUSES = (
 JOB_STATUSES = ("", "PENDING", "RUNNING", "STOPPED", "SUCCEEDED", "FAILED")
 """Every `status.jobStatus` (the Ray job's own status; "" before submission)."""
 
+# KubeRay's reason for a RayJob that did not reach Running within its preRunningDeadlineSeconds.
+PRE_RUNNING_DEADLINE_EXCEEDED = "PreRunningDeadlineExceeded"
 FAILURE_REASONS = (
     "SubmissionFailed",
     "DeadlineExceeded",
     "AppFailed",
     "JobDeploymentStatusTransitionGracePeriodExceeded",
     "ValidationFailed",
-    "PreRunningDeadlineExceeded",
+    PRE_RUNNING_DEADLINE_EXCEEDED,
 )
 """Every `status.reason` KubeRay gives a Failed RayJob."""
 
@@ -86,8 +97,28 @@ MANIFEST_GRACE_SECONDS = 300
 _KUBERAY_PERMANENT = {
     "DeadlineExceeded": "DeadlineExceeded",
     "ValidationFailed": "RayJobInvalid",
-    "PreRunningDeadlineExceeded": "Unschedulable",
+    PRE_RUNNING_DEADLINE_EXCEEDED: UNSCHEDULABLE,
 }
+# The condition the pod diagnosis sets (pods.py): False with the most urgent problem's reason while one shows,
+# True with HEALTHY once it cleared; absent on a job whose pods never showed one.
+PODS_HEALTHY = "PodsHealthy"
+HEALTHY = "Healthy"
+# The reason of `Stalled=False` once the attempt after a stall writes progress again.
+PROGRESSING = "Progressing"
+# The conditions a reconcile that does not look at pods or progress carries over unchanged.
+_CARRIED_CONDITIONS = (PODS_HEALTHY, STALLED)
+# Pod problems that name the failure of an attempt whose startup deadline passed (else: Unschedulable).
+_STARTUP_CODES = {
+    IMAGE_PULL_BACK_OFF: IMAGE_PULL_BACK_OFF,
+    CREATE_CONTAINER_CONFIG_ERROR: CREATE_CONTAINER_CONFIG_ERROR,
+    CRASH_LOOP_BACK_OFF: CRASH_LOOP_BACK_OFF,
+    OOM_KILLED: OUT_OF_MEMORY,
+}
+# KubeRay before 1.6 drops preRunningDeadlineSeconds without a word: the operator fails an attempt whose RayJob is
+# still not Running this long after startupDeadlineSeconds (KubeRay, when it has the field, acts within seconds).
+STARTUP_DEADLINE_GRACE_SECONDS = 60
+# Trainer phases during which progress.json is expected to advance (not Exporting, Succeeded or Failed).
+_TRAINING_PHASES = frozenset({"Initializing", "Preparing", "Running"})
 _OOM_HINTS = re.compile(r"\bOOM(Killed)?\b|out of memory|OutOfMemory", re.IGNORECASE)
 _REASON_CHARS = re.compile(r"[^A-Za-z0-9_]")
 _MAX_MESSAGE = 1024
@@ -222,19 +253,27 @@ def classify_rayjob(status: Mapping[str, Any] | None) -> RayState:
 
 
 def classify_failure(
-    job: SFTJob, attempt: int, ray: RayState, progress: ProgressFile | None
+    job: SFTJob,
+    attempt: int,
+    ray: RayState,
+    progress: ProgressFile | None,
+    pods: tuple[str, str] | None = None,
 ) -> tuple[ErrorStatus, bool]:
     """Why an attempt failed and whether another attempt may succeed.
 
     The trainer's own report (`progress.json` of this attempt, phase Failed) wins; without one
     the process died without reporting (node lost, eviction, preemption, OOM kill), which is
-    retryable, unless KubeRay names a cause no retry can fix.
+    retryable, unless KubeRay names a cause no retry can fix. What the pods showed refines it: a
+    startup deadline fails with the pods' problem as its code (ImagePullBackOff, CrashLoopBackOff,
+    CreateContainerConfigError, OutOfMemory; Unschedulable otherwise), an OOMKilled container makes
+    an unreported death OutOfMemory, and the pods' message is appended to KubeRay's.
 
     Args:
         job: The job.
         attempt: The attempt that failed.
         ray: The attempt's RayJob state (phase Failed).
         progress: The latest `progress.json`, if any.
+        pods: The reason and message of `PodsHealthy=False`, when the pods showed a problem.
 
     Returns:
         The error and whether to retry.
@@ -251,17 +290,22 @@ def classify_failure(
         else:
             retryable = error.retryable
         return error.model_copy(update={"retryable": retryable, "message": _clip(error.message)}), retryable
+    seen = f"; {pods[1]}" if pods else ""
+    if ray.reason == PRE_RUNNING_DEADLINE_EXCEEDED:
+        code = _STARTUP_CODES.get(pods[0], UNSCHEDULABLE) if pods else UNSCHEDULABLE
+        message = ray.message or f"KubeRay: {ray.reason}"
+        return ErrorStatus(code=code, message=_clip(message + seen), retryable=False), False
     if ray.reason in _KUBERAY_PERMANENT:
         code = _KUBERAY_PERMANENT[ray.reason]
         return ErrorStatus(code=code, message=_clip(ray.message or f"KubeRay: {ray.reason}"), retryable=False), False
     if ray.reason == "Stopped":
         return ErrorStatus(code="Stopped", message=_clip(ray.message), retryable=False), False
-    if _OOM_HINTS.search(ray.message):
-        message = _clip(ray.message)
+    if _OOM_HINTS.search(ray.message) or (pods is not None and pods[0] == OOM_KILLED):
+        message = _clip((ray.message or f"KubeRay: {ray.reason}") + seen)
         return ErrorStatus(code=OUT_OF_MEMORY, message=message, retryable=retry_oom), retry_oom
     code = "SubmissionFailed" if ray.reason == "SubmissionFailed" else "WorkerCrashed"
     message = ray.message or "the trainer exited without reporting an error (node lost, eviction or preemption)"
-    return ErrorStatus(code=code, message=_clip(f"{ray.reason}: {message}"), retryable=True), True
+    return ErrorStatus(code=code, message=_clip(f"{ray.reason}: {message}{seen}"), retryable=True), True
 
 
 def _same_attempt(progress: ProgressFile, attempt: int) -> bool:
@@ -346,9 +390,42 @@ def _set_conditions(
     status.conditions = conditions
 
 
+Wanted = tuple[str, bool, str, str]
+"""A condition to set: type, truth, reason, message."""
+
+
+def _condition(status: SFTJobStatus, ctype: str) -> Condition | None:
+    return next((c for c in status.conditions if c.type == ctype), None)
+
+
+def _wanted(condition: Condition | None) -> Wanted | None:
+    if condition is None:
+        return None
+    return (condition.type, condition.status == "True", condition.reason, condition.message)
+
+
 def _conditions_for(
-    status: SFTJobStatus, previous: SFTJobStatus, job: SFTJob | None, reason: str, message: str
-) -> list[tuple[str, bool, str, str]]:
+    status: SFTJobStatus,
+    previous: SFTJobStatus,
+    job: SFTJob | None,
+    reason: str,
+    message: str,
+    observed: tuple[Wanted, ...] = (),
+) -> list[Wanted]:
+    """The conditions of a status: those its phase and error imply, then `PodsHealthy` and `Stalled`.
+
+    Args:
+        status: The new status (phase and error set).
+        previous: The status as last written.
+        job: The job (None when its spec is invalid).
+        reason: The reason of the phase.
+        message: The message of the phase.
+        observed: `PodsHealthy` / `Stalled` as this reconcile observed them; a type not given keeps its
+            previous value (the reconcile did not look), and one never set stays absent.
+
+    Returns:
+        The conditions to set.
+    """
     phase = status.phase
     invalid = status.error is not None and status.error.code == "InvalidSpec"
     wanted = [
@@ -369,9 +446,65 @@ def _conditions_for(
         degraded = _degraded(status)
         if degraded is not None:
             wanted.append(("Degraded", True, FORGETTING_EXCEEDED, degraded))
+        unavailable = _judge_unavailable(status)
+        if unavailable is not None:
+            wanted.append((JUDGE_UNAVAILABLE, True, JUDGE_UNAVAILABLE, unavailable))
     if phase == "Failed" and status.error is not None:
         wanted.append(("Failed", True, status.error.code, status.error.message))
+    given = {w[0]: w for w in observed}
+    for ctype in _CARRIED_CONDITIONS:
+        if ctype == PODS_HEALTHY and status.attempt != previous.attempt:
+            continue  # it described the pods of the attempt before (its failure message keeps what they showed)
+        kept = given.get(ctype) or _wanted(_condition(previous, ctype))
+        if kept is not None:
+            wanted.append(kept)
     return wanted
+
+
+def _condition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Event]:
+    """Warning events for `PodsHealthy` turning False (or to another reason) and `Stalled` turning True."""
+    events = []
+    old, new = _condition(previous, PODS_HEALTHY), _condition(status, PODS_HEALTHY)
+    if new is not None and new.status == "False" and (old is None or old.status == "True" or old.reason != new.reason):
+        events.append(Event("Warning", new.reason, new.message))
+    old, new = _condition(previous, STALLED), _condition(status, STALLED)
+    if new is not None and new.status == "True" and (old is None or old.status == "False"):
+        events.append(Event("Warning", STALLED, new.message))
+    return events
+
+
+def _close(
+    out: Derivation,
+    previous: SFTJobStatus,
+    job: SFTJob,
+    reason: str,
+    message: str,
+    generation: int | None,
+    stamp: str,
+    events: list[Event],
+    observed: tuple[Wanted, ...] = (),
+) -> Derivation:
+    """The closing step of every valid derivation: set the conditions, then the events of their transitions.
+
+    Args:
+        out: The derivation (its status final but for the conditions; its events those of its actions).
+        previous: The status as last written.
+        job: The job.
+        reason: The reason of the phase (the `Running` condition's).
+        message: The message of the phase.
+        generation: `metadata.generation` of the spec.
+        stamp: The current time, formatted.
+        events: Events seen before the actions (checkpoints, validation).
+        observed: `PodsHealthy` / `Stalled` as observed (see `_conditions_for`).
+
+    Returns:
+        `out`, completed.
+    """
+    status = out.status
+    wanted = _conditions_for(status, previous, job, reason, message, observed)
+    _set_conditions(status, previous, wanted, generation, stamp)
+    out.events = events + out.events + _condition_events(previous, status) + _transition_events(previous, status)
+    return out
 
 
 def _degraded(status: SFTJobStatus) -> str | None:
@@ -380,6 +513,15 @@ def _degraded(status: SFTJobStatus) -> str | None:
     if forgetting is None or not forgetting.exceeded:
         return None
     return f"{forgetting.summary()}; the outputs are kept and marked degraded (onForgetting: degrade)"
+
+
+def _judge_unavailable(status: SFTJobStatus) -> str | None:
+    """Why the evaluation has no judgement (`evaluation.judge` stayed unreachable), or None."""
+    judge = status.evaluation.judge if status.evaluation else None
+    if judge is None or not judge.error:
+        return None
+    return (f"the judge {judge.model} stayed unreachable, so eval_report.md has no judgement: {judge.error}; "
+            "the training succeeded (`sftjob eval OUTPUT` asks again)")
 
 
 def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Event]:
@@ -395,10 +537,10 @@ def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Eve
         return [Event("Normal", "Resumed", "resumed; the trainer continues from the latest checkpoint")]
     if phase == "Succeeded":
         where = status.output.uri if status.output else ""
-        degraded = _degraded(status)
-        return [Event("Normal", "Succeeded", f"artifacts in {where}")] + (
-            [Event("Warning", FORGETTING_EXCEEDED, _clip(degraded))] if degraded is not None else []
-        )
+        degraded, unavailable = _degraded(status), _judge_unavailable(status)
+        return ([Event("Normal", "Succeeded", f"artifacts in {where}")]
+                + ([Event("Warning", FORGETTING_EXCEEDED, _clip(degraded))] if degraded is not None else [])
+                + ([Event("Warning", JUDGE_UNAVAILABLE, _clip(unavailable))] if unavailable is not None else []))
     if phase == "Failed" and status.error is not None:
         return [Event("Warning", "Failed", _clip(f"{status.error.code}: {status.error.message}"))]
     return []
@@ -506,6 +648,79 @@ def derive_invalid(
     return Derivation(status=status, events=events, delete_rayjob=delete)
 
 
+def _pod_observation(previous: SFTJobStatus, pods: list[PodProblem] | None) -> Wanted | None:
+    """`PodsHealthy` as this reconcile saw the pods; None when it did not look or nothing ever showed."""
+    if pods is None:
+        return None
+    if pods:
+        reason, message = summarize(pods)
+        return (PODS_HEALTHY, False, reason, message)
+    if _condition(previous, PODS_HEALTHY) is None:
+        return None
+    return (PODS_HEALTHY, True, HEALTHY, "")
+
+
+def _startup_overdue(
+    policy: RunPolicySpec, ray: RayState, ray_status: Mapping[str, Any], suspended: bool, now: dt.datetime
+) -> RayState | None:
+    """KubeRay's pre-running deadline, enforced by the operator when KubeRay did not (a release before 1.6).
+
+    Returns:
+        A failed state as KubeRay reports it, when the RayJob is still not Running
+        `startupDeadlineSeconds` + `STARTUP_DEADLINE_GRACE_SECONDS` after its `status.startTime`; else None.
+    """
+    limit = policy.startup_deadline_seconds
+    if limit is None or suspended or ray.phase not in ("Pending", "Initializing"):
+        return None
+    if ray_status.get("jobDeploymentStatus") == "Running":
+        return None  # KubeRay counts the deadline until the deployment runs (the driver may still be pending)
+    started = parse_time(ray_status.get("startTime"))
+    if started is None or (now - started).total_seconds() < limit + STARTUP_DEADLINE_GRACE_SECONDS:
+        return None
+    message = (
+        f"the Ray cluster did not start within startupDeadlineSeconds={limit} (the operator stopped it: "
+        "KubeRay did not apply preRunningDeadlineSeconds, which it supports from 1.6)"
+    )
+    return RayState("Failed", PRE_RUNNING_DEADLINE_EXCEEDED, message)
+
+
+def _stall(
+    previous: SFTJobStatus,
+    policy: RunPolicySpec,
+    attempt: int,
+    snapshot: ProgressSnapshot | None,
+    now: dt.datetime,
+) -> tuple[str | None, bool]:
+    """Whether the running attempt's trainer stopped updating `progress.json` for `stallTimeoutSeconds`.
+
+    The clock runs from the last write of the trainer now running: a write of this attempt made after the
+    attempt last started running (the `Running` condition's last transition: a retry, or a resume after a
+    suspension, starts it again). Before that first write nothing is judged, nor when `progress.json` was not
+    read this time or could not be.
+
+    Returns:
+        The stall's description (None when not stalled), and whether the trainer writes progress (to clear a
+        `Stalled` condition left by the attempt before).
+    """
+    limit = policy.stall_timeout_seconds
+    progress = snapshot.progress if snapshot is not None and snapshot.problem is None else None
+    running = _condition(previous, "Running")
+    if progress is None or running is None or running.status != "True" or not _same_attempt(progress, attempt):
+        return None, False
+    updated, since = parse_time(progress.updated_at), parse_time(running.last_transition_time)
+    if updated is None or since is None or updated < since or progress.phase not in _TRAINING_PHASES:
+        return None, False
+    quiet = (now - updated).total_seconds()
+    if limit is None or quiet < limit:
+        return None, True
+    description = (
+        f"attempt {attempt}'s trainer has not updated progress.json for {format_duration(quiet)} "
+        f"(stallTimeoutSeconds={limit}; last update {progress.updated_at}, phase {progress.phase}, "
+        f"step {progress.step}); its RayJob was stopped"
+    )
+    return description, False
+
+
 def derive_status(
     job: SFTJob,
     previous: SFTJobStatus,
@@ -514,6 +729,7 @@ def derive_status(
     now: dt.datetime,
     rayjob: Mapping[str, Any] | None,
     snapshot: ProgressSnapshot | None = None,
+    pods: list[PodProblem] | None = None,
 ) -> Derivation:
     """The new status of a valid job and the actions that lead there.
 
@@ -525,6 +741,8 @@ def derive_status(
         rayjob: The RayJob of the current attempt (`previous.attempt`), None when it does not exist.
         snapshot: What was read from the output location; None when it was not read this time
             (the status then keeps what it had).
+        pods: What `diagnose_pods` found on the current attempt's pods (empty: nothing wrong); None when
+            they were not listed this time (the `PodsHealthy` condition then keeps what it had).
 
     Returns:
         The derivation.
@@ -547,9 +765,7 @@ def derive_status(
         next_attempt = (previous.attempt or 0) + 1
         _start_attempt(status, job, next_attempt, stamp)
         out.create_attempt = next_attempt
-        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
-        out.events = events
-        return out
+        return _close(out, previous, job, "Pending", "", generation, stamp, events)
 
     if previous.phase in TERMINAL_PHASES:
         completed = parse_time(previous.completion_time)
@@ -563,9 +779,7 @@ def derive_status(
         status.phase = "Pending"
         _start_attempt(status, job, 1, stamp)
         out.create_attempt = 1
-        _set_conditions(status, previous, _conditions_for(status, previous, job, "Pending", ""), generation, stamp)
-        out.events = events
-        return out
+        return _close(out, previous, job, "Pending", "", generation, stamp, events)
 
     attempt = previous.attempt
     name = rayjob_name(job.name, attempt)
@@ -582,6 +796,8 @@ def derive_status(
         and progress.resumed_from_step is not None
     ):
         record.resumed_from_step = progress.resumed_from_step
+    pod_seen = _pod_observation(previous, pods)
+    observed: tuple[Wanted, ...] = (pod_seen,) if pod_seen is not None else ()
 
     # The job's deadline counts from the first start, across attempts and suspensions.
     started = parse_time(status.start_time)
@@ -596,11 +812,7 @@ def derive_status(
             record.result, record.reason, record.completion_time = "Failed", "DeadlineExceeded", stamp
         _finish(status, "Failed", stamp)
         out.delete_rayjob = name if rayjob is not None else None
-        _set_conditions(
-            status, previous, _conditions_for(status, previous, job, "DeadlineExceeded", ""), generation, stamp
-        )
-        out.events = events + _transition_events(previous, status)
-        return out
+        return _close(out, previous, job, "DeadlineExceeded", "", generation, stamp, events, observed)
 
     if rayjob is None or _deleted_while_active(rayjob):
         # The attempt's RayJob was deleted by someone else (the operator only deletes RayJobs of finished
@@ -615,11 +827,7 @@ def derive_status(
         )
         message = _fail_attempt(out, job, record, error, True, stamp)
         reason = error.code
-        _set_conditions(
-            status, previous, _conditions_for(status, previous, job, reason, message or reason), generation, stamp
-        )
-        out.events = events + out.events + _transition_events(previous, status)
-        return out
+        return _close(out, previous, job, reason, message or reason, generation, stamp, events, observed)
 
     ray_status = rayjob.get("status") or {}
     ray = classify_rayjob(ray_status)
@@ -630,6 +838,16 @@ def derive_status(
         dashboard_url=ray_status.get("dashboardURL") or None,
     )
     rayjob_suspended = bool((rayjob.get("spec") or {}).get("suspend"))
+    overdue = _startup_overdue(policy, ray, ray_status, rayjob_suspended or policy.suspend, now)
+    if overdue is not None:
+        ray = overdue
+        out.delete_rayjob = name
+    if ray.terminal and pod_seen is not None and pod_seen[1]:
+        # The pods of a finished RayJob are on their way out: looking healthy now clears nothing.
+        pod_seen, observed = None, ()
+    # What the pods showed last, this time or before: it names the cause of a failure without a trainer report.
+    pod_state = pod_seen or _wanted(_condition(previous, PODS_HEALTHY))
+    pod_hint = (pod_state[2], pod_state[3]) if pod_state is not None and not pod_state[1] else None
     # Under Kueue, admission (unsuspending) is Kueue's: never unsuspend a queued RayJob ourselves.
     if not ray.terminal and rayjob_suspended != policy.suspend and (policy.suspend or not policy.queue_name):
         out.set_suspend = policy.suspend
@@ -657,7 +875,7 @@ def derive_status(
                 status.phase = "Exporting"
                 message = f"waiting for {MANIFEST_FILE}"
     elif ray.phase == "Failed":
-        error, retryable = classify_failure(job, attempt, ray, progress)
+        error, retryable = classify_failure(job, attempt, ray, progress, pod_hint)
         message = _fail_attempt(out, job, record, error, retryable, stamp) or message
     elif policy.suspend:
         status.phase = "Suspended"
@@ -686,18 +904,29 @@ def derive_status(
             status.phase = ray.phase
         if status.phase in ("Initializing", "Running", "Exporting") and status.start_time is None:
             status.start_time = stamp
+        if status.phase == "Running":
+            stalled, progressing = _stall(previous, policy, attempt, snapshot, now)
+            if stalled is not None:
+                # A hung trainer: stop its RayJob and retry, as for any retryable failure.
+                error = ErrorStatus(code=STALLED, message=_clip(stalled), retryable=True)
+                observed += ((STALLED, True, STALLED, stalled),)
+                out.delete_rayjob = name
+                reason = STALLED
+                message = _fail_attempt(out, job, record, error, True, stamp) or stalled
+            elif progressing and _wanted(_condition(previous, STALLED)) is not None:
+                observed += ((STALLED, False, PROGRESSING, ""),)
 
-    _set_conditions(
-        status, previous, _conditions_for(status, previous, job, reason, message or reason), generation, stamp
-    )
-    out.events = events + out.events + _transition_events(previous, status)
-    return out
+    return _close(out, previous, job, reason, message or reason, generation, stamp, events, observed)
 
 
 __all__ = [
     "FAILURE_REASONS",
+    "HEALTHY",
     "JOB_DEPLOYMENT_STATUSES",
     "JOB_STATUSES",
+    "PODS_HEALTHY",
+    "PRE_RUNNING_DEADLINE_EXCEEDED",
+    "PROGRESSING",
     "RAYJOB_DELETED",
     "Derivation",
     "Event",

@@ -8,7 +8,13 @@ from typing import Any
 import pytest
 
 from sftjob_api.errors import FieldProblem
-from sftjob_api.progress import FORGETTING_EXCEEDED, NON_RETRYABLE_CODES, RETRYABLE_CODES, ProgressFile
+from sftjob_api.progress import (
+    FORGETTING_EXCEEDED,
+    JUDGE_UNAVAILABLE,
+    NON_RETRYABLE_CODES,
+    RETRYABLE_CODES,
+    ProgressFile,
+)
 from sftjob_api.types import MAX_HISTORY, SFTJob, SFTJobStatus, parse_sftjob
 from sftjob_operator.status import (
     FAILURE_REASONS,
@@ -661,6 +667,24 @@ def test_forgetting_above_the_gate_in_degrade_mode_succeeds_with_a_degraded_cond
     assert (degraded.status, degraded.reason) == ("True", FORGETTING_EXCEEDED)
     assert "ratio 1.300, above evaluation.maxForgetting 1.1" in degraded.message
     assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"), ("Warning", FORGETTING_EXCEEDED)]
+
+
+def test_a_judge_that_stayed_down_leaves_the_job_succeeded_with_a_judge_unavailable_condition() -> None:
+    evaluation = {"score": "json_equal 0.92 (base 0.00)",
+                  "metrics": [{"name": "json_equal", "base": 0.0, "tuned": 0.92, "samples": 50}],
+                  "judge": {"model": "judge-7b", "error": "APITimeoutError after 5 attempts"}, "seconds": 41.5}
+    snapshot = ProgressSnapshot(progress=progress("Succeeded", attempt=1, evaluation=evaluation), output_complete=True)
+    out = derive_status(
+        job(), running_status(), generation=1, now=NOW, rayjob=rayjob("Complete", "SUCCEEDED"), snapshot=snapshot
+    )
+    assert out.status.phase == "Succeeded" and out.status.error is None
+    assert out.status.evaluation is not None and out.status.evaluation.score == "json_equal 0.92 (base 0.00)"
+    assert out.status.evaluation.seconds == 41.5
+    conditions = {c.type: c for c in out.status.conditions}
+    unavailable = conditions[JUDGE_UNAVAILABLE]
+    assert (unavailable.status, unavailable.reason) == ("True", JUDGE_UNAVAILABLE)
+    assert "judge-7b stayed unreachable" in unavailable.message and "APITimeoutError" in unavailable.message
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"), ("Warning", JUDGE_UNAVAILABLE)]
 
 
 def test_forgetting_above_the_gate_in_fail_mode_fails_at_once_with_the_figure() -> None:

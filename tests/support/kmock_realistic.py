@@ -536,3 +536,170 @@ class RealisticEmulator(kmock.KubernetesEmulator):
             if isinstance(ev, dict) and not match_labels(sel, ev["object"].get("metadata", {}).get("labels") or {}):
                 continue
             yield ev
+
+
+# ------------------------------------------------------------------------------------ pods, as the kubelet writes them
+#
+# The emulator serves Pods (`/api/v1/namespaces/NS/pods`, with a status subresource and label selectors); nothing in
+# it schedules or runs them, so a test plays KubeRay (creating a RayJob's pods) and the scheduler and kubelet (writing
+# their status). The shapes below are core/v1 PodStatus as the kubelet and kube-scheduler write them (Kubernetes
+# 1.29-1.31: field names from k8s.io/api/core/v1 types.go; message formats from the scheduler's FitError, the
+# kubelet's image puller "Back-off pulling image %q" and its "back-off %s restarting failed container=%s pod=%s"),
+# with the names KubeRay gives a RayJob's pods (`<cluster>-head-<5>`, `<cluster>-<group>-worker-<5>`) and labels.
+
+STARTED = "2026-05-01T11:58:00Z"
+
+
+def ray_pod(
+    name: str,
+    namespace: str,
+    labels: dict[str, str],
+    *,
+    container: str = "ray-worker",
+    image: str = "ghcr.io/sftjob/sftjob-trainer:0.1.0",
+    memory: str = "32Gi",
+    node_type: str = "worker",
+    cluster: str = "demo-a1-raycluster-x7k2p",
+) -> dict[str, Any]:
+    """A pod of a RayJob's cluster as KubeRay creates it (labels from the RayJob's pod template plus KubeRay's)."""
+    resources = {"limits": {"cpu": "4", "memory": memory}, "requests": {"cpu": "4", "memory": memory}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {
+                **labels,
+                "ray.io/cluster": cluster,
+                "ray.io/node-type": node_type,
+                "ray.io/group": "headgroup" if node_type == "head" else "workers",
+                "ray.io/is-ray-node": "yes",
+            },
+        },
+        "spec": {"containers": [{"name": container, "image": image, "resources": resources}]},
+    }
+
+
+def _pod_conditions(scheduled: bool, ready: bool, container: str) -> list[dict[str, Any]]:
+    if not scheduled:
+        return []
+    unready = {"reason": "ContainersNotReady", "message": f"containers with unready status: [{container}]"}
+    return [
+        {"type": "PodReadyToStartContainers", "status": "True", "lastProbeTime": None, "lastTransitionTime": STARTED},
+        {"type": "Initialized", "status": "True", "lastProbeTime": None, "lastTransitionTime": STARTED},
+        {"type": "Ready", "status": str(ready), "lastProbeTime": None, "lastTransitionTime": STARTED}
+        | ({} if ready else unready),
+        {"type": "ContainersReady", "status": str(ready), "lastProbeTime": None, "lastTransitionTime": STARTED}
+        | ({} if ready else unready),
+        {"type": "PodScheduled", "status": "True", "lastProbeTime": None, "lastTransitionTime": STARTED},
+    ]
+
+
+def _running_status(container: str, image: str, state: dict, last: dict, restarts: int, ready: bool) -> dict:
+    return {
+        "phase": "Running" if "running" in state or restarts else "Pending",
+        "conditions": _pod_conditions(True, ready, container),
+        "hostIP": "10.0.3.17",
+        "podIP": "10.244.2.31",
+        "podIPs": [{"ip": "10.244.2.31"}],
+        "startTime": STARTED,
+        "qosClass": "Guaranteed",
+        "containerStatuses": [
+            {
+                "name": container,
+                "image": image,
+                "imageID": "" if "waiting" in state and not restarts else f"{image.split(':')[0]}@sha256:" + "5e" * 32,
+                "containerID": "containerd://" + "a1" * 32 if restarts or "running" in state else None,
+                "ready": ready,
+                "started": ready,
+                "restartCount": restarts,
+                "state": state,
+                "lastState": last,
+            }
+        ],
+    }
+
+
+def unschedulable_status(message: str | None = None) -> dict[str, Any]:
+    """A pod the scheduler cannot place (PodScheduled=False, reason Unschedulable, its FitError message)."""
+    message = message or (
+        "0/3 nodes are available: 1 node(s) had untolerated taint {node-role.kubernetes.io/control-plane: }, "
+        "2 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available: 1 Preemption is not helpful for "
+        "scheduling, 2 No preemption victims found for incoming pod."
+    )
+    return {
+        "phase": "Pending",
+        "qosClass": "Guaranteed",
+        "conditions": [
+            {
+                "type": "PodScheduled",
+                "status": "False",
+                "lastProbeTime": None,
+                "lastTransitionTime": STARTED,
+                "reason": "Unschedulable",
+                "message": message,
+            }
+        ],
+    }
+
+
+def image_pull_status(container: str, image: str, *, backoff: bool = True) -> dict[str, Any]:
+    """A container whose image cannot be pulled: ErrImagePull while pulling, ImagePullBackOff in between."""
+    if backoff:
+        waiting = {"reason": "ImagePullBackOff", "message": f'Back-off pulling image "{image}"'}
+    else:
+        waiting = {
+            "reason": "ErrImagePull",
+            "message": (
+                f'rpc error: code = NotFound desc = failed to pull and unpack image "{image}": failed to resolve '
+                f'reference "{image}": {image}: not found'
+            ),
+        }
+    return _running_status(container, image, {"waiting": waiting}, {}, 0, False)
+
+
+def crash_loop_status(
+    container: str, image: str, pod: str, *, exit_code: int = 1, reason: str = "Error", restarts: int = 4
+) -> dict[str, Any]:
+    """A container that keeps exiting: waiting in CrashLoopBackOff, the last exit in lastState.terminated."""
+    waiting = {
+        "reason": "CrashLoopBackOff",
+        "message": f"back-off {10 * 2**restarts}s restarting failed container={container} pod={pod}_ml(9d1c)",
+    }
+    last = {
+        "terminated": {
+            "exitCode": exit_code,
+            "reason": reason,
+            "startedAt": STARTED,
+            "finishedAt": "2026-05-01T11:59:41Z",
+            "containerID": "containerd://" + "b2" * 32,
+        }
+    }
+    return _running_status(container, image, {"waiting": waiting}, last, restarts, False)
+
+
+def oom_restarted_status(container: str, image: str) -> dict[str, Any]:
+    """A container running again after the kernel killed its previous run for exceeding the memory limit."""
+    state = {"running": {"startedAt": "2026-05-01T11:59:50Z"}}
+    last = {
+        "terminated": {
+            "exitCode": 137,
+            "reason": "OOMKilled",
+            "startedAt": STARTED,
+            "finishedAt": "2026-05-01T11:59:44Z",
+            "containerID": "containerd://" + "c3" * 32,
+        }
+    }
+    return _running_status(container, image, state, last, 1, True)
+
+
+def config_error_status(container: str, image: str, secret: str) -> dict[str, Any]:
+    """A container the kubelet cannot create because a Secret it references is missing."""
+    waiting = {"reason": "CreateContainerConfigError", "message": f'secret "{secret}" not found'}
+    return _running_status(container, image, {"waiting": waiting}, {}, 0, False)
+
+
+def healthy_status(container: str, image: str) -> dict[str, Any]:
+    """A container that runs and is ready."""
+    return _running_status(container, image, {"running": {"startedAt": STARTED}}, {}, 0, True)
