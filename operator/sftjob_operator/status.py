@@ -331,6 +331,7 @@ def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
         estimated_finish_time=progress.estimated_finish_time,
         eta=eta,
         last_update_time=progress.updated_at,
+        skipped_batches=len(progress.skipped_steps) or None,
     )
     status.metrics = progress.metrics
     if progress.resolved is not None:

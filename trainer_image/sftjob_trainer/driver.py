@@ -275,6 +275,11 @@ def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
             _report(writer, cancelled)  # again: rank 0 may have written progress.json while it was being stopped
             raise cancelled from None
         except TrainerError as err:
+            if writer.state.phase == "Running":
+                # Rank 0 has written since the driver's copy: its checkpoints (a retry resumes from the newest) and
+                # the health guard's record (a second non-finite loss is not retried).
+                with contextlib.suppress(storage.StorageError):
+                    writer.state = writer.load_existing() or writer.state
             writer.fail(err.to_status())
             raise
 
@@ -330,7 +335,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
     resumable = spec.checkpointing.resume_from == "latest" and earlier is not None
     writer.update(force=True, resolved=plan.resolved, dataset=stats, total_steps=plan.total_steps,
                   checkpoints=earlier.checkpoints if resumable and earlier else [],
-                  trained_tokens=earlier.trained_tokens if resumable and earlier else 0)
+                  trained_tokens=earlier.trained_tokens if resumable and earlier else 0,
+                  # The job's record, whatever is resumed: a second non-finite loss in a job is not retried.
+                  non_finite_steps=earlier.non_finite_steps if earlier else [],
+                  skipped_steps=earlier.skipped_steps if resumable and earlier else [])
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
     # Ray only after the preflight: bad input fails without starting a cluster, also in an in-process caller.

@@ -24,6 +24,7 @@ from sftjob_trainer.errors import is_out_of_memory, out_of_memory
 from sftjob_trainer.evaluation import Answers, Sample, during_training_callback
 from sftjob_trainer.faults import KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV, fault_callbacks
 from sftjob_trainer.forgetting import forgetting_result, mean_token_loss
+from sftjob_trainer.health import HealthGuard
 from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
 
@@ -217,7 +218,10 @@ def lean_sft_trainer_class() -> Any:
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class LeanSFTTrainer(SFTTrainer):
+    from sftjob_trainer.health import HealthGuardMixin
+
+    # The mixin first: its training_step records each micro-batch's loss for the health guard.
+    class LeanSFTTrainer(HealthGuardMixin, SFTTrainer):
         def compute_loss(self, model: Any, inputs: Any, return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             if model.training:
@@ -229,7 +233,7 @@ def lean_sft_trainer_class() -> Any:
 
 def build_trainer(spec: Any, model: Any, tokenizer: Any, args: dict[str, Any], output_dir: str, batching: str,
                   train: list[dict[str, Any]], validation: list[dict[str, Any]] | None,
-                  callbacks: list[Any]) -> Any:
+                  callbacks: list[Any], health: HealthGuard | None = None) -> Any:
     """The TRL `SFTTrainer` of a job (used on every Ray Train rank, and directly by single-process tests).
 
     Args:
@@ -242,6 +246,7 @@ def build_trainer(spec: Any, model: Any, tokenizer: Any, args: dict[str, Any], o
         train: Training rows (`input_ids`, `labels`).
         validation: Validation rows, or None.
         callbacks: Trainer callbacks.
+        health: The non-finite and loss-spike guard (`sftjob_trainer.health`), or None for none.
 
     Returns:
         The trainer.
@@ -254,11 +259,15 @@ def build_trainer(spec: Any, model: Any, tokenizer: Any, args: dict[str, Any], o
     stopping = spec.hyperparameters.early_stopping
     if stopping is not None and validation is not None:
         all_callbacks.append(EarlyStoppingCallback(stopping.patience, stopping.min_delta))
-    return lean_sft_trainer_class()(
+    if health is not None:
+        all_callbacks.append(health.callback())
+    trainer = lean_sft_trainer_class()(
         model=model, args=SFTConfig(**{**args, "output_dir": output_dir}), train_dataset=Dataset.from_list(train),
         eval_dataset=Dataset.from_list(validation) if validation else None, processing_class=tokenizer,
         data_collator=build_collator(batching, tokenizer.pad_token_id), callbacks=all_callbacks,
     )
+    trainer.health_guard = health
+    return trainer
 
 
 def run_training(trainer: Any, resume: str | None) -> None:
@@ -390,7 +399,7 @@ def train_loop(config: dict[str, Any]) -> Rank0Result | None:
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
                                 ray.get(config["validation"]) if config["validation"] is not None else None,
-                                callbacks)
+                                callbacks, HealthGuard(spec.hyperparameters.loss_spike, progress, writer))
         trainer = prepare_trainer(trainer)
         run_training(trainer, _restore_dir(resume, Path(tmp)))
         if writer is None:
