@@ -195,6 +195,96 @@ def named_template(name: str, tokens: SpecialTokens) -> NamedTemplate:
     raise TemplateError(f"unknown named chat template '{name}'; one of: {', '.join(NAMED)}")
 
 
+# The Jinja form of `NamedTemplate.render`, for the tokenizer a job exports; BOS, HEADER (a Jinja expression of
+# `role`), EOT, AFTER, TRIM and the ChatML-only TOOLS_* parts are filled in per template from _NAMED_JINJA_PARTS.
+# Every tag strips the whitespace before it, so only the expressions write text, whatever the layout here.
+_NAMED_JINJA = """
+{%- macro header(role) %}{{- HEADER }}{%- endmacro %}
+{{- BOS }}
+TOOLS_DEFINED
+{%- for message in messages %}
+  {%- set raw = message.content if message.content is string else '' %}
+  {%- if message.reasoning_content is string and message.reasoning_content %}
+    {%- set raw = '<think>\\n' + message.reasoning_content + '\\n</think>\\n\\n' + raw %}
+  {%- endif %}
+  {%- set content = raw TRIM %}
+TOOLS_IN_SYSTEM
+  {%- if message.role == 'assistant' and message.tool_calls %}
+    {%- set ns = namespace(calls='') %}
+    {%- for call in message.tool_calls %}
+      {%- set fn = call.function if call.function is defined else call %}
+      {%- set arguments = fn.arguments if fn.arguments is defined else {} %}
+      {%- set ns.calls = ns.calls + '\\n<tool_call>\\n{"name": ' + (fn.name if fn.name is defined else none) | tojson
+          + ', "arguments": ' + (arguments if arguments is string else arguments | tojson) + '}\\n</tool_call>' %}
+    {%- endfor %}
+    {%- set content = content + (ns.calls if raw else ns.calls[1:]) %}
+  {%- endif %}
+  {{- header(message.role) + content + EOT + AFTER }}
+{%- endfor %}
+{%- if add_generation_prompt %}
+  {{- header('assistant') }}
+{%- endif %}
+"""
+# ChatML's tool definitions: a system turn of their own, or after the conversation's system prompt.
+_TOOLS_DEFINED = """{%- if tools %}
+  {%- set tools_block = '# Tools\\n\\n<tools>\\n' + tools | map('tojson') | join('\\n') + '\\n</tools>' %}
+  {%- if not messages or messages[0].role != 'system' %}
+    {{- header('system') + tools_block + EOT + AFTER }}
+  {%- endif %}
+{%- endif %}"""
+_TOOLS_IN_SYSTEM = """  {%- if tools and loop.first and message.role == 'system' %}
+    {%- set content = content + '\\n\\n' + tools_block %}
+  {%- endif %}"""
+# name -> (BOS, header of `role`, end-of-turn, after the turn, whether content is stripped, whether tool definitions
+# are written), as `named_template` and `NamedTemplate.render` have them.
+_NAMED_JINJA_PARTS: dict[str, tuple[str, str, str, str, bool, bool]] = {
+    "chatml": ("''", "'<|im_start|>' + role + '\\n'", "'<|im_end|>'", "'\\n'", False, True),
+    "llama3": ("(bos_token if bos_token else '')",
+               "'<|start_header_id|>' + ('ipython' if role == 'tool' else role) + '<|end_header_id|>\\n\\n'",
+               "'<|eot_id|>'", "''", True, False),
+    "zephyr": ("''", "'<|' + role + '|>\\n'", "(eos_token if eos_token else '</s>')", "'\\n'", False, False),
+}
+
+# The Jinja form of `PlainTemplate` for prompts and conversations: every non-assistant text joined, then (without a
+# generation prompt) the last answer and EOS; the generation prompt itself is empty.
+PLAIN_JINJA = """
+{%- for message in messages %}
+  {%- if message.role != 'assistant' and message.content is string %}{{- message.content }}{%- endif %}
+{%- endfor %}
+{%- if not add_generation_prompt %}
+  {%- set ns = namespace(answer='') %}
+  {%- for message in messages %}
+    {%- if message.role == 'assistant' %}{%- set ns.answer = message.content if message.content is string else '' %}
+    {%- endif %}
+  {%- endfor %}
+  {{- ns.answer + (eos_token if eos_token else '') }}
+{%- endif %}
+"""
+
+
+def named_template_jinja(name: str) -> str:
+    """The Jinja source that renders what `named_template(name, tokenizer).render` renders.
+
+    transformers' `apply_chat_template`, and the servers built on it, render it with the tokenizer's own BOS/EOS,
+    as the named template takes them from the tokenizer it trains with. Equal for every turn the pipeline
+    trains on (system, user, assistant and tool turns, reasoning read from `reasoning_content` and written as
+    a `<think>` block before the answer, tool calls, and ChatML's tool definitions), with one exception: a tool
+    call's arguments given as a string are written as given, as Qwen's and Hermes' templates write them, where
+    training writes them as JSON (the same text whenever the string is JSON as `json.dumps` writes it; the data
+    formats parse JSON-object strings before rendering).
+
+    Raises:
+        TemplateError: For an unknown name.
+    """
+    if name not in _NAMED_JINJA_PARTS:
+        raise TemplateError(f"unknown named chat template '{name}'; one of: {', '.join(NAMED)}")
+    bos, header, eot, after, strip, tools = _NAMED_JINJA_PARTS[name]
+    source = _NAMED_JINJA.replace("TOOLS_DEFINED\n", _TOOLS_DEFINED + "\n" if tools else "")
+    source = source.replace("TOOLS_IN_SYSTEM\n", _TOOLS_IN_SYSTEM + "\n" if tools else "")
+    source = source.replace(" TRIM", " | trim" if strip else "")
+    return source.replace("HEADER", header).replace("BOS", bos).replace("EOT", eot).replace("AFTER", after)
+
+
 def _raise_exception(message: str) -> None:
     raise TemplateError(message)
 
