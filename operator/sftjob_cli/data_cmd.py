@@ -1,5 +1,9 @@
 """`sftjob data inspect|tokens FILE`: what the data pipeline makes of a dataset; the data part of `sftjob validate`.
 
+FILE is a dataset file, a glob over shards (quoted: `'s3://bucket/data/*.parquet'`), or an SFTJob YAML file,
+whose `dataset` section is used as the trainer uses it: a mixture of sources is drawn with the job's seed and
+shown source by source (files read, rows, usable examples, what was asked, what was drawn, the realised share).
+
 Exit codes as everywhere in the CLI: 0 fine, 2 a problem with the input (each printed as
 `file:line: field: message`). The trainer is imported lazily, inside the handlers.
 """
@@ -10,6 +14,7 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -45,7 +50,12 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _dataset_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="dataset file: a path or s3://bucket/key")
+    parser.add_argument("file", metavar="FILE",
+                        help="dataset file (a path or s3://bucket/key), a quoted glob over shards ('dir/*.jsonl'), "
+                        "or an SFTJob YAML file: its dataset section, mixture included (the options below that "
+                        "set dataset fields are then ignored)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed of the validation split and the mixture draw (default: the job's, else 42)")
     parser.add_argument("--schema", default="auto",
                         help="auto, prompt_completion, messages, alpaca, sharegpt or text (default: auto)")
     parser.add_argument("--tokenizer", metavar="PATH",
@@ -124,8 +134,62 @@ def _model_context(path: str | None) -> int | None:
     return value if isinstance(value, int) and value > 0 else None
 
 
-def _spec_and_tokenizer(args: argparse.Namespace, command: str) -> tuple[Any, Any] | None:
+@dataclass
+class _Loaded:
+    """What a `sftjob data` command works on."""
+
+    spec: Any
+    """The DatasetSpec (from the options, or the job's with paths resolved)."""
+    tokenizer: Any
+    """The tokenizer, or the byte-level fallback."""
+    seed: int
+    """The seed."""
+    model_max_length: int | None
+    """The model's context length, when known."""
+
+
+def _is_job_file(path: str) -> bool:
+    return path.endswith((".yaml", ".yml")) and Path(path).is_file()
+
+
+def _job_dataset(args: argparse.Namespace) -> tuple[_Loaded | None, list[str]]:
+    """The dataset section of the SFTJob in FILE (relative paths resolved against its folder), or problems."""
+    from sftjob_api.errors import check_document
+    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+    from sftjob_trainer.data import ByteTokenizer
+
+    try:
+        documents = load_documents(read_text(args.file), args.file)
+    except SourceError as err:
+        return None, [str(err)]
+    document = next((d for d in documents if isinstance(d.data, dict) and d.data.get("kind") == "SFTJob"), None)
+    if document is None:
+        return None, [f"{args.file}: no SFTJob document in this YAML file (a dataset file must be .jsonl, .json, "
+                      ".parquet or .csv)"]
+    job, problems = check_document(document.data)
+    if job is None:
+        return None, [f"{args.file}:{document.line_of(p.path) or ''}: {p.field}: {p.message}" for p in problems]
+    base = Path(args.file).parent
+    spec = job.spec.dataset.with_uris(lambda uri: _resolve(uri, base))
+    if args.tokenizer:
+        tokenizer, problem = load_tokenizer(args.tokenizer)
+        if problem is not None:
+            return None, [problem]
+        context = _model_context(args.tokenizer)
+    else:
+        tokenizer = _local_tokenizer(job.spec.model.source, base) or ByteTokenizer()
+        context = None
+    seed = args.seed if args.seed is not None else job.spec.hyperparameters.seed
+    return _Loaded(spec, tokenizer, seed, context), []
+
+
+def _spec_and_tokenizer(args: argparse.Namespace, command: str) -> _Loaded | None:
     """The dataset spec and tokenizer a `sftjob data` command's arguments name; None after printing the problem."""
+    if _is_job_file(args.file):
+        loaded, job_problems = _job_dataset(args)
+        for line in job_problems:
+            print(f"sftjob data {command}: {line}", file=sys.stderr)
+        return loaded
     spec, problem = _spec_from_args(args)
     tokenizer = None
     if problem is None:
@@ -133,45 +197,59 @@ def _spec_and_tokenizer(args: argparse.Namespace, command: str) -> tuple[Any, An
     if problem is not None:
         print(f"sftjob data {command}: {problem}", file=sys.stderr)
         return None
-    return spec, tokenizer
+    return _Loaded(spec, tokenizer, args.seed if args.seed is not None else 42, _model_context(args.tokenizer))
+
+
+def _analyze(loaded: _Loaded) -> Any:
+    """The prepared data of `loaded`, read as the trainer reads it.
+
+    Raises:
+        DataError: When a file cannot be read (or a glob matches nothing).
+    """
+    from sftjob_trainer.data import analyze
+    from sftjob_trainer.data.pipeline import read_training_data
+
+    sources, validation = read_training_data(loaded.spec, loaded.seed)
+    return analyze(loaded.spec, loaded.tokenizer, sources, validation, seed=loaded.seed,
+                   model_max_length=loaded.model_max_length)
 
 
 def _cmd_tokens(args: argparse.Namespace) -> int:
     """One JSON line per training example, `{"line", "input_ids", "labels"}`: the trainer's own examples.
 
-    A stable interface (scripts depend on it): the keys and their meaning stay. Nothing is printed to
-    stdout when the data has a problem; the problems go to stderr and the exit code is 2.
+    A stable interface (scripts depend on it): the keys and their meaning stay. A mixture adds `source`, the
+    name of the source an example was drawn from, and lists the examples in the drawn (training) order.
+    Nothing is printed to stdout when the data has a problem; the problems go to stderr and the exit code is 2.
     """
-    from sftjob_trainer.data import DataError, analyze, read_dataset
+    from sftjob_trainer.data import DataError
 
     loaded = _spec_and_tokenizer(args, "tokens")
     if loaded is None:
         return EXIT_INVALID
-    spec, tokenizer = loaded
     try:
-        raw = read_dataset(spec.train.uri, spec.train.format)
+        prepared = _analyze(loaded)
     except DataError as err:
         _print_problems(err.problems)
         return EXIT_INVALID
-    prepared = analyze(spec, tokenizer, raw, model_max_length=_model_context(args.tokenizer))
     if prepared.report.errors:
         for error in prepared.report.errors:
             print(_problem_line(error), file=sys.stderr)
         return EXIT_INVALID
-    sys.stdout.writelines(json.dumps({"line": e.line, "input_ids": e.input_ids, "labels": e.labels}) + "\n"
+    names = [s.name for s in prepared.report.sources]
+    sys.stdout.writelines(json.dumps({"line": e.line, "input_ids": e.input_ids, "labels": e.labels}
+                                     | ({"source": names[e.source]} if names else {})) + "\n"
                           for e in prepared.train)
     return EXIT_OK
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    from sftjob_trainer.data import DataError, analyze, read_dataset
+    from sftjob_trainer.data import DataError
 
     loaded = _spec_and_tokenizer(args, "inspect")
     if loaded is None:
         return EXIT_INVALID
-    spec, tokenizer = loaded
     try:
-        raw = read_dataset(spec.train.uri, spec.train.format)
+        report = _analyze(loaded).report
     except DataError as err:
         if args.json:
             print(json.dumps({"file": args.file, "format": None, "rows": 0, "dropped": {}, "tokens": 0,
@@ -179,11 +257,10 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
                               "errors": [p.to_json() for p in err.problems]}))
         _print_problems(err.problems)
         return EXIT_INVALID
-    report = analyze(spec, tokenizer, raw, model_max_length=_model_context(args.tokenizer)).report
     if args.json:
         print(json.dumps(report.to_json(), ensure_ascii=False))
     else:
-        _print_report(report, spec, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
+        _print_report(report, loaded.spec, color=sys.stdout.isatty() and not os.environ.get("NO_COLOR"))
     for error in report.errors:
         print(_problem_line(error), file=sys.stderr)
     return EXIT_INVALID if report.errors else EXIT_OK
@@ -218,6 +295,8 @@ def _print_report(report: Any, spec: Any, color: bool) -> None:
         f"    EOS trained: {'yes' if report.eos_trained else 'NO'}\n")
     out(f"length:      p50 {pct.get('p50', 0)}    p95 {pct.get('p95', 0)}    max {pct.get('max', 0)}"
         f"    maxSeqLength {report.max_seq_length}{auto}\n")
+    if report.sources:
+        out(_mixture_table(report.sources))
     for warning in report.warnings:
         out(f"warning:     {warning}\n")
     for i, sample in enumerate(report.samples, start=1):
@@ -228,9 +307,39 @@ def _print_report(report: Any, spec: Any, color: bool) -> None:
         out((text if len(text) <= _SAMPLE_CHARS else text[:_SAMPLE_CHARS] + " …") + "\n")
 
 
+def _mixture_table(sources: list[Any]) -> str:
+    """The sources of a mixture, one line each: what was read, asked and drawn."""
+    header = ("source", "files", "rows", "usable", "asked", "drawn", "share", "tokens", "validation")
+    rows = [header]
+    for s in sources:
+        asked = (f"weight {s.weight:g}" if s.weight is not None
+                 else f"samples {s.samples}" if s.samples is not None else "all")
+        rows.append((s.name, f"{s.files}/{s.files_matched}", str(s.rows), str(s.available), asked,
+                     str(s.train_examples), f"{s.proportion:.1%}", str(s.tokens), str(s.validation_examples)))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "mixture:     " + "\n             ".join(lines) + "\n"
+
+
+def _resolve(uri: str, base: Path) -> str:
+    """A job's dataset URI as seen from here: relative paths are relative to the job file's folder."""
+    from sftjob_api.types import is_glob
+
+    if uri.startswith("s3://") or Path(uri).is_absolute() or (not is_glob(uri) and Path(uri).is_file()):
+        return uri
+    return str(base / uri)
+
+
 def _readable(uri: str) -> str | None:
-    """None when the dataset file can be read from here, else why not (then it is not checked)."""
+    """None when the dataset file (or a glob's folder) can be read from here, else why not (then it is not checked)."""
+    from sftjob_api.types import is_glob
+    from sftjob_trainer.data.readers import split_glob
+
+    glob = is_glob(uri)
     if not uri.startswith("s3://"):
+        if glob:
+            folder = split_glob(uri)[0] or "."
+            return None if Path(folder).is_dir() else "no such folder on this machine"
         return None if Path(uri).is_file() else "no such file on this machine"
     if not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
         # Without credentials boto3 would probe instance metadata for seconds before giving up.
@@ -241,13 +350,17 @@ def _readable(uri: str) -> str | None:
 
     from sftjob_trainer.storage import parse_s3
 
-    loc = parse_s3(uri)
+    loc = parse_s3(split_glob(uri)[0] if glob else uri)
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
     client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None, region_name=region,
                           config=Config(connect_timeout=_S3_CONNECT_TIMEOUT_S, read_timeout=_S3_READ_TIMEOUT_S,
                                         retries={"max_attempts": 1}))
     try:
-        client.head_object(Bucket=loc.bucket, Key=loc.key)
+        if glob:  # the listing the trainer makes: a glob that matches nothing is then reported by the reader
+            client.list_objects_v2(Bucket=loc.bucket, Prefix=loc.key.rstrip("/") + "/" if loc.key else "",
+                                   MaxKeys=1)
+        else:
+            client.head_object(Bucket=loc.bucket, Key=loc.key)
     except (BotoCoreError, ClientError) as err:
         return f"not reachable from here ({type(err).__name__})"
     return None
@@ -274,7 +387,8 @@ def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[s
         or why a dataset was not checked).
     """
     from sftjob_api.types import parse_sftjob
-    from sftjob_trainer.data import ByteTokenizer, DataError, analyze, read_dataset
+    from sftjob_trainer.data import ByteTokenizer, DataError, analyze
+    from sftjob_trainer.data.pipeline import read_training_data
 
     problems: list[str] = []
     notes: list[str] = []
@@ -282,28 +396,26 @@ def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[s
     for document in documents:
         job = parse_sftjob(document.data)
         dataset = job.spec.dataset
-        uris = [dataset.train.uri] + ([dataset.validation.uri] if dataset.validation else [])
-        resolved = [u if u.startswith("s3://") or Path(u).is_file() or Path(u).is_absolute() else str(base / u)
-                    for u in uris]
-        why = next((r for r in (_readable(u) for u in resolved) if r), None)
+        described = dataset.train.describe()
+        spec = dataset.with_uris(lambda uri: _resolve(uri, base))
+        uris = [s.uri for s in spec.train.mixture()] + ([spec.validation.uri] if spec.validation else [])
+        why = next((r for r in (_readable(u) for u in uris) if r), None)
         if why:
-            notes.append(f"{name}: dataset {dataset.train.uri} not checked: {why}")
+            notes.append(f"{name}: dataset {described} not checked: {why}")
             continue
-        spec = dataset.model_copy(update={"train": dataset.train.model_copy(update={"uri": resolved[0]})})
-        if dataset.validation:
-            spec = spec.model_copy(update={"validation": dataset.validation.model_copy(update={"uri": resolved[1]})})
         tokenizer = _local_tokenizer(job.spec.model.source, base) or ByteTokenizer()
+        seed = job.spec.hyperparameters.seed
         try:
-            train = read_dataset(resolved[0], dataset.train.format)
-            validation = read_dataset(resolved[1], dataset.validation.format) if dataset.validation else None
+            train, validation = read_training_data(spec, seed)
         except DataError as err:
             problems.extend(str(p) for p in err.problems)
             continue
-        report = analyze(spec, tokenizer, train, validation, seed=job.spec.hyperparameters.seed).report
+        report = analyze(spec, tokenizer, train, validation, seed=seed).report
         if not report.errors:
             fallback = " (byte-level token counts)" if isinstance(tokenizer, ByteTokenizer) else ""
-            notes.append(f"{name}: dataset {dataset.train.uri}: {report.format}, {report.train_examples} examples, "
-                         f"{report.trainable_tokens} trainable tokens{fallback}")
+            mix = "".join(f"; {s.name} {s.train_examples} ({s.proportion:.1%})" for s in report.sources)
+            notes.append(f"{name}: dataset {described}: {report.format}, {report.train_examples} examples, "
+                         f"{report.trainable_tokens} trainable tokens{fallback}{mix}")
         for error in report.errors:
             if error.get("line") is None and str(error.get("field") or "").startswith("dataset."):
                 # A problem of the data as a whole points at the job's setting that governs it.

@@ -64,11 +64,7 @@ def _absolute(uri: str) -> str:
 def absolute_paths(job: SFTJob) -> SFTJob:
     """The job with relative filesystem paths made absolute (Ray workers run in directories of their own)."""
     spec = job.spec
-    dataset = spec.dataset.model_copy(update={
-        "train": spec.dataset.train.model_copy(update={"uri": _absolute(spec.dataset.train.uri)}),
-        "validation": spec.dataset.validation.model_copy(update={"uri": _absolute(spec.dataset.validation.uri)})
-        if spec.dataset.validation else None,
-    })
+    dataset = spec.dataset.with_uris(_absolute)  # the training file or every mixture source, and the validation
     model = spec.model.model_copy(update={"source": _absolute(spec.model.source)})
     output = spec.output.model_copy(update={"uri": _absolute(spec.output.uri)})
     new_spec = spec.model_copy(update={"dataset": dataset, "model": model, "output": output})

@@ -1,8 +1,9 @@
 """The data pipeline: formats, chat templates, verified loss masks, length policy, packing, quality and preflight.
 
 The trainer calls `prepare_dataset` once, then `pack_examples` with `PackedCollator`, or
-`PaddedCollator` with `length_grouped_batches`. `sftjob data inspect` and `sftjob validate` use
-`analyze` on rows read with `read_dataset`.
+`PaddedCollator` with `length_grouped_batches`. A weighted mixture of sources (`dataset.train.sources`) is
+drawn inside `prepare_dataset`; `mixture.per_source_eval_loss` scores its held-out examples per source.
+`sftjob data inspect` and `sftjob validate` use `analyze` on data read with `read_training_data`.
 """
 
 from sftjob_trainer.data.cache import DataCache
@@ -15,8 +16,15 @@ from sftjob_trainer.data.packing import (
     length_grouped_batches,
     pack_examples,
 )
-from sftjob_trainer.data.pipeline import Example, PreparedData, analyze, encode_conversations, prepare_dataset
-from sftjob_trainer.data.readers import RawDataset, read_dataset
+from sftjob_trainer.data.pipeline import (
+    Example,
+    PreparedData,
+    analyze,
+    encode_conversations,
+    prepare_dataset,
+    read_training_data,
+)
+from sftjob_trainer.data.readers import RawDataset, SourceData, read_dataset
 from sftjob_trainer.data.report import DataReport
 from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer
 
@@ -36,10 +44,12 @@ __all__ = [
     "PreparedData",
     "Problem",
     "RawDataset",
+    "SourceData",
     "analyze",
     "encode_conversations",
     "length_grouped_batches",
     "pack_examples",
     "prepare_dataset",
     "read_dataset",
+    "read_training_data",
 ]

@@ -1,12 +1,14 @@
 """Prepared data cached by content hash, so a retried job does not read, render and tokenize again.
 
 The key is a sha256 over everything that decides the result: the bytes of the training and
-validation files, the tokenizer (its `tokenizer.json`, chat template, special tokens and length
-limit), every `dataset` field but the credentials, the seed, the model's length limit, and
-`PIPELINE_VERSION`. An entry is a directory `<root>/<key>/`:
+validation files (every shard read, for a glob or a mixture), the tokenizer (its `tokenizer.json`,
+chat template, special tokens and length limit), every `dataset` field but the credentials (a
+mixture's weights and counts included), the seed, the model's length limit, and `PIPELINE_VERSION`.
+An entry is a directory `<root>/<key>/`:
 
 - `train.parquet`, `validation.parquet`: one row per example (`input_ids`, `labels`, `prompt_ids`
-  as int32 lists, `reference`, `line`);
+  as int32 lists, `reference`, `line`, `source`: the mixture source's index, `served`: a held-out row's
+  conversation for the serving check);
 - `entry.json`, written LAST: the key, the sha256 and size of each parquet file, the report,
   `max_seq_length`, `chat_template` and `stop_token_ids`.
 
@@ -31,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from sftjob_api.progress import DATA_CACHE_DIR
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer import storage
-from sftjob_trainer.data.report import DataReport, Sample
+from sftjob_trainer.data.report import DataReport, Sample, SourceReport
 from sftjob_trainer.data.tokens import ByteTokenizer
 
 if TYPE_CHECKING:
@@ -41,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the pipeline's output for the same inputs changes (formats, templates, masks, length
 # policy, filters, report fields): entries of another version are never read.
-PIPELINE_VERSION = 2
+PIPELINE_VERSION = 4
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = "sftjob-data-cache"
 SPLITS = ("train", "validation")
@@ -219,7 +221,7 @@ def _schema() -> Any:
 
     ids = pa.list_(pa.int32())
     return pa.schema([("input_ids", ids), ("labels", ids), ("prompt_ids", ids), ("reference", pa.string()),
-                      ("line", pa.int64())])
+                      ("line", pa.int64()), ("source", pa.int32()), ("served", pa.string())])
 
 
 def _to_parquet(examples: list[Example]) -> bytes:
@@ -232,6 +234,8 @@ def _to_parquet(examples: list[Example]) -> bytes:
         "prompt_ids": [e.prompt_ids for e in examples],
         "reference": [e.reference for e in examples],
         "line": [e.line for e in examples],
+        "source": [e.source for e in examples],
+        "served": [e.served for e in examples],
     }, schema=_schema())
     sink = io.BytesIO()
     pq.write_table(table, sink)
@@ -252,12 +256,14 @@ def _from_parquet(data: bytes) -> list[Example]:
         raise CorruptEntry(f"unexpected columns {table.schema.names}")
     columns = {name: _lists(table.column(name)) for name in ("input_ids", "labels", "prompt_ids")}
     references, lines = table.column("reference").to_pylist(), table.column("line").to_pylist()
+    sources, served = table.column("source").to_pylist(), table.column("served").to_pylist()
     out = []
     for i, (ids, labels, prompt) in enumerate(zip(columns["input_ids"], columns["labels"], columns["prompt_ids"],
                                                   strict=True)):
-        if len(ids) != len(labels) or references[i] is None or lines[i] is None:
+        if (len(ids) != len(labels) or references[i] is None or lines[i] is None or sources[i] is None
+                or served[i] is None):
             raise CorruptEntry(f"example {i} is inconsistent")
-        out.append(Example(ids, labels, prompt, references[i], lines[i]))
+        out.append(Example(ids, labels, prompt, references[i], lines[i], sources[i], served[i]))
     return out
 
 
@@ -287,4 +293,5 @@ def _report_from_json(data: dict[str, Any]) -> DataReport:
     values = dict(data)
     values["samples"] = [Sample(int(s["line"]), [(str(t), bool(f)) for t, f in s["segments"]])
                          for s in data["samples"]]
+    values["sources"] = [SourceReport(**s) for s in data["sources"]]
     return DataReport(**values)

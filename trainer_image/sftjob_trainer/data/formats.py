@@ -109,6 +109,8 @@ class Conversation:
     """Line of the source row."""
     tools: tuple[Mapping[str, Any], ...] = ()
     """Tool (function) definitions offered in this conversation, passed to the chat template."""
+    source: int = 0
+    """Index of the training source (`dataset.train.sources`) the row came from; 0 for a single source."""
 
     def key(self) -> str:
         """Normalised text for exact de-duplication: whitespace collapsed and case folded.

@@ -9,21 +9,24 @@ Rows become conversations, conversations rendered text, text tokens with labels.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sftjob_api.types import DatasetSpec
+from sftjob_api.types import DatasetSpec, MixtureSource
 from sftjob_trainer.data.cache import KEY_PREFIX_CHARS, DataCache, cache_key
 from sftjob_trainer.data.cache import load as load_cached
 from sftjob_trainer.data.cache import store as store_cached
 from sftjob_trainer.data.errors import DataError, Problem
 from sftjob_trainer.data.formats import Conversation, convert_rows
-from sftjob_trainer.data.readers import RawDataset, read_dataset
-from sftjob_trainer.data.report import DataReport, Sample
+from sftjob_trainer.data.mixture import VALIDATION_FILE_SOURCE, draw, mixture_targets, rows_to_read
+from sftjob_trainer.data.readers import RawDataset, SourceData, read_source
+from sftjob_trainer.data.report import DataReport, Sample, SourceReport
 from sftjob_trainer.data.templates import (
     KNOWN_END_OF_TURN,
     JinjaTemplate,
@@ -46,6 +49,8 @@ AUTO_PERCENTILE = 99
 UNSET_MODEL_LENGTH = 10_000_000
 # Drop reasons that do not count against maxDroppedFraction: removing a duplicate loses no information.
 HARMLESS_DROPS = frozenset({"duplicate"})
+# Drop reasons of the length policy (applied after a mixture is drawn).
+LENGTH_DROPS = ("too_long", "response_too_long")
 # With dedup on, preflight fails when more than this share of the rows are copies of another row: curated
 # datasets carry a few percent of duplicates, a file that is mostly copies is a broken export (a join that
 # fanned out, a loop that wrote the same rows again) and would train on far fewer examples than it seems to.
@@ -81,6 +86,14 @@ class Example:
     """The text of the last assistant turn (or completion)."""
     line: int = 0
     """Line of the source row."""
+    source: int = 0
+    """Index of the mixture source (`dataset.train.sources`) the row came from: 0 for a single file or glob,
+    -1 for an example of the `dataset.validation` file. Validation examples split from the training data keep
+    their source, so the evaluation loss can be reported per source (`mixture.per_source_eval_loss`)."""
+    served: str = ""
+    """Validation examples only: the conversation before its last answer as a server receives it, JSON
+    `{"messages": [...], "tools": [...] | null}` (`sftjob_trainer.serving` renders it with the exported template
+    and compares with `prompt_ids`); empty for training examples and rows without an assistant turn."""
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -91,7 +104,7 @@ class PreparedData:
     """The tokenized training and validation examples and the report about them."""
 
     train: list[Example]
-    """Training examples, in file order (shuffling is the trainer's)."""
+    """Training examples, in file order (shuffling is the trainer's); a mixture comes drawn and shuffled."""
     validation: list[Example]
     """Held-out examples (empty when no validation is configured)."""
     report: DataReport
@@ -104,14 +117,43 @@ class PreparedData:
     """EOS and single-token end-of-turn markers: where generation should stop."""
 
 
+def read_training_data(spec: DatasetSpec, seed: int) -> tuple[list[SourceData], SourceData | None]:
+    """Read the training sources and the validation file (each a file or a glob over shards).
+
+    A source with a `samples` count reads its shards in a seeded order only until it has enough rows
+    (`mixture.rows_to_read`); every other source reads all of its files.
+
+    Raises:
+        DataError: DatasetUnreadable (a missing file, a glob that matches nothing), a storage code, or
+            InvalidDataset (a malformed file).
+    """
+    sources = []
+    for index, source in enumerate(spec.train.mixture()):
+        field_name = "dataset.train.uri" if spec.train.sources is None else f"dataset.train.sources[{index}].uri"
+        sources.append(read_source(source.name or "", source.uri, source.format or "auto", field=field_name,
+                                   min_rows=rows_to_read(source.samples, spec.validation_split), seed=seed))
+    validation = None
+    if spec.validation is not None:
+        validation = read_source("validation", spec.validation.uri, spec.validation.format,
+                                 field="dataset.validation.uri")
+    return sources, validation
+
+
+def training_digest(sources: list[SourceData]) -> str:
+    """The digest of the training data: the file's sha256 for one file, else one over every source's digest."""
+    if len(sources) == 1:
+        return sources[0].sha256
+    return hashlib.sha256("".join(f"{s.name}\0{s.sha256}\n" for s in sources).encode()).hexdigest()
+
+
 def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int, model_max_length: int | None = None,
                     cache: DataCache | None = None) -> PreparedData:
-    """Read, render, tokenize, mask, filter, split and check the dataset of a job.
+    """Read, render, tokenize, mask, filter, split, mix and check the dataset of a job.
 
     Args:
         spec: The job's `dataset` section.
         tokenizer: A fast Hugging Face tokenizer whose pad token is not its EOS token.
-        seed: The job's seed (validation split).
+        seed: The job's seed (validation split, shard order of a sample, mixture draw and order).
         model_max_length: The model's context length (caps `maxSeqLength`).
         cache: Where prepared data is looked up by content hash and stored (None: no cache). The files
             are read either way (their bytes are part of the key); a hit skips everything after that.
@@ -123,11 +165,10 @@ def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int, model_max_l
     Raises:
         DataError: InvalidDataset, DatasetUnreadable, a storage code, or PreflightFailed.
     """
-    train = read_dataset(spec.train.uri, spec.train.format)
-    validation = read_dataset(spec.validation.uri, spec.validation.format) if spec.validation else None
+    train, validation = read_training_data(spec, seed)
     key = None
     if cache is not None and cache.roots:
-        key = cache_key(spec, tokenizer, train.sha256, validation.sha256 if validation else None, seed,
+        key = cache_key(spec, tokenizer, training_digest(train), validation.sha256 if validation else None, seed,
                         model_max_length)
     if cache is not None and key is not None:
         found = load_cached(cache, key)
@@ -148,11 +189,27 @@ def prepare_dataset(spec: DatasetSpec, tokenizer: Any, *, seed: int, model_max_l
     return prepared
 
 
-def analyze(spec: DatasetSpec, tokenizer: Any, train: RawDataset, validation: RawDataset | None = None, *,
-            seed: int = 42, model_max_length: int | None = None) -> PreparedData:
-    """The same work as `prepare_dataset` on rows already read; problems go to `report.errors`."""
-    prepared, _, _ = _build(spec, tokenizer, train, validation, seed, model_max_length)
+def analyze(spec: DatasetSpec, tokenizer: Any, train: RawDataset | list[SourceData],
+            validation: RawDataset | SourceData | None = None, *, seed: int = 42,
+            model_max_length: int | None = None) -> PreparedData:
+    """The same work as `prepare_dataset` on data already read; problems go to `report.errors`.
+
+    Args:
+        spec: The `dataset` section.
+        tokenizer: The tokenizer (or `ByteTokenizer`).
+        train: One file's rows, or the sources of `read_training_data` (one per `spec.train.mixture()`).
+        validation: The validation file's rows, if any.
+        seed: The job's seed.
+        model_max_length: The model's context length.
+    """
+    sources = [_whole(train, spec.train.mixture()[0].name or "")] if isinstance(train, RawDataset) else train
+    val = _whole(validation, "validation") if isinstance(validation, RawDataset) else validation
+    prepared, _, _ = _build(spec, tokenizer, sources, val, seed, model_max_length)
     return prepared
+
+
+def _whole(raw: RawDataset, name: str) -> SourceData:
+    return SourceData(name=name, uri=raw.uri, files=[raw], files_matched=1)
 
 
 def encode_conversations(conversations: list[Conversation], tokenizer: Any, *, chat_template: str = "auto",
@@ -283,21 +340,30 @@ def _apply_length(item: _Encoded, max_len: int, overlong: str, bos_id: int | Non
     """The example cut to `max_len` (or None when dropped) and what happened: kept, truncated or a drop reason."""
     ids, labels, starts = item.ids, item.labels, item.starts
     prompt_len = first_token_at(starts, item.rendered.prompt_end)
-    line, reference = item.conversation.line, item.rendered.reference
+    line, reference, source = item.conversation.line, item.rendered.reference, item.conversation.source
     if len(ids) <= max_len:
-        return Example(ids, labels, ids[:prompt_len], reference, line), "kept"
+        return Example(ids, labels, ids[:prompt_len], reference, line, source), "kept"
     if overlong == "drop":
         return None, "too_long"
     if item.conversation.kind == "text":
         # Plain text has no prompt side: keep the beginning.
-        return Example(ids[:max_len], labels[:max_len], ids[:prompt_len], reference, line), "truncated"
+        return Example(ids[:max_len], labels[:max_len], ids[:prompt_len], reference, line, source), "truncated"
     cut = len(ids) - max_len
     head = 1 if ids and bos_id is not None and ids[0] == bos_id else 0
     if prompt_len - head < cut:
         return None, "response_too_long"
     new_ids = ids[:head] + ids[head + cut:]
     new_labels = labels[:head] + labels[head + cut:]
-    return Example(new_ids, new_labels, new_ids[:prompt_len - cut], reference, line), "truncated"
+    return Example(new_ids, new_labels, new_ids[:prompt_len - cut], reference, line, source), "truncated"
+
+
+def served_prompt(conversation: Conversation) -> str:
+    """`Example.served` of a held-out conversation: its turns before the last answer, and its tools, as JSON."""
+    last = max((i for i, m in enumerate(conversation.messages) if m.role == "assistant"), default=None)
+    if last is None or conversation.kind == "text":
+        return ""
+    return json.dumps({"messages": [m.to_jinja() for m in conversation.messages[:last]],
+                       "tools": [dict(t) for t in conversation.tools] or None}, ensure_ascii=False)
 
 
 def stop_token_ids(tokenizer: Any, renderer_markers: list[str]) -> list[int]:
@@ -336,22 +402,69 @@ def _samples(tokenizer: Any, examples: list[Example]) -> list[Sample]:
     return samples
 
 
-def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: RawDataset | None, seed: int,
+def _convert_source(source: SourceData, setting: MixtureSource, spec: DatasetSpec, index: int,
+                    invalid: list[Problem]) -> tuple[str, list[Conversation]]:
+    """The conversations of one source's files (tagged with `index`) and the schema(s) found, `+`-joined."""
+    schema_setting = setting.data_schema or spec.data_schema
+    column_map = setting.column_map if setting.column_map is not None else spec.column_map
+    schemas: list[str] = []
+    out: list[Conversation] = []
+    for raw in source.files:
+        if not raw.rows:
+            continue
+        schema, conversations, problems = convert_rows(raw.rows, schema_setting, column_map, raw.uri)
+        invalid.extend(problems)
+        if schema not in schemas:
+            schemas.append(schema)
+        out.extend(conversations if index == 0 else [replace(c, source=index) for c in conversations])
+    known = [s for s in schemas if s != "unknown"]
+    return "+".join(known) or "unknown", out
+
+
+def _split(conversations: list[Conversation], sources: int, fraction: float,
+           seed: int) -> tuple[list[Conversation], list[Conversation]]:
+    """(training, held out): `fraction` of each source's rows, at least one and never all, in a seeded choice."""
+    train: list[Conversation] = []
+    held_out: list[Conversation] = []
+    for index in range(sources):
+        group = [c for c in conversations if c.source == index] if sources > 1 else conversations
+        if len(group) < 2:  # one example each side at least
+            train.extend(group)
+            continue
+        order = list(range(len(group)))
+        # Source 0 splits with the seed itself, so a single file splits as it always has.
+        random.Random(seed if index == 0 else f"{seed}:split:{index}").shuffle(order)  # noqa: S311 - a seeded split
+        n_val = min(len(group) - 1, max(1, round(len(group) * fraction)))
+        held = set(order[:n_val])
+        held_out.extend(c for i, c in enumerate(group) if i in held)
+        train.extend(c for i, c in enumerate(group) if i not in held)
+    return train, held_out
+
+
+def _build(spec: DatasetSpec, tokenizer: Any, sources: list[SourceData], val_source: SourceData | None, seed: int,
            model_max_length: int | None) -> tuple[PreparedData, list[Problem], list[Problem]]:
     """Returns (prepared data, problems with rows, preflight problems); problems are also in the report."""
-    file = train_raw.uri
-    report = DataReport(file=file, format="unknown", rows=len(train_raw.rows), sha256=train_raw.sha256,
-                        train_on=spec.train_on,
+    settings = spec.train.mixture()
+    if len(settings) != len(sources):
+        raise ValueError(f"{len(sources)} sources were read for the {len(settings)} of dataset.train")
+    mixture = spec.train.sources is not None
+    file = sources[0].uri if not mixture else f"{len(sources)} sources: {', '.join(s.uri for s in sources)}"
+    report = DataReport(file=file, format="unknown", rows=sum(s.row_count for s in sources),
+                        sha256=training_digest(sources), train_on=spec.train_on,
                         tokenizer="byte-level fallback (1 token per UTF-8 byte; pass --tokenizer for real counts)"
                         if isinstance(tokenizer, ByteTokenizer) else type(tokenizer).__name__)
     invalid: list[Problem] = []
     preflight: list[Problem] = []
-    schema, conversations, row_problems = convert_rows(train_raw.rows, spec.data_schema, spec.column_map, file)
-    report.format = schema
-    invalid.extend(row_problems)
+    conversations: list[Conversation] = []
+    formats: list[str] = []
+    for index, (source, setting) in enumerate(zip(sources, settings, strict=True)):
+        fmt, converted = _convert_source(source, setting, spec, index, invalid)
+        formats.append(fmt)
+        conversations.extend(converted)
+    report.format = "+".join(dict.fromkeys(p for f in formats if f != "unknown" for p in f.split("+"))) or "unknown"
     dropped: Counter[str] = Counter()
-    if row_problems and conversations:
-        dropped["invalid"] = len(train_raw.rows) - len(conversations)
+    if invalid and conversations:
+        dropped["invalid"] = report.rows - len(conversations)
     if spec.reasoning == "drop":
         conversations = [c.without_reasoning() for c in conversations]
     drops: dict[str, list[int]] = {}  # the lines of the dropped rows by reason, for an error that names them
@@ -362,11 +475,16 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
                                "dedup is off, so they are trained as given")
 
     validation_convs: list[Conversation] = []
-    val_file = val_raw.uri if val_raw else file
-    if val_raw is not None:
-        _, validation_convs, val_problems = convert_rows(val_raw.rows, schema if schema != "unknown" else "auto",
-                                                         spec.column_map, val_raw.uri)
-        invalid.extend(val_problems)
+    val_file = val_source.uri if val_source else file
+    if val_source is not None:
+        one_schema = report.format != "unknown" and "+" not in report.format
+        for raw in val_source.files:
+            if not raw.rows:
+                continue
+            _, converted, val_problems = convert_rows(raw.rows, report.format if one_schema else "auto",
+                                                      spec.column_map, raw.uri)
+            invalid.extend(val_problems)
+            validation_convs.extend(replace(c, source=VALIDATION_FILE_SOURCE) for c in converted)
         if spec.reasoning == "drop":
             validation_convs = [c.without_reasoning() for c in validation_convs]
         validation_convs = _quality(validation_convs, spec.train_on)
@@ -376,18 +494,26 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
         if report.validation_overlap:
             report.warnings.append(f"{report.validation_overlap} validation examples also occur in the training "
                                    "data: evaluation loss will look better than it is")
-    elif spec.validation_split is not None and len(conversations) >= 2:  # one example each side at least
-        order = list(range(len(conversations)))
-        random.Random(seed).shuffle(order)  # noqa: S311 - a seeded split, not cryptography
-        n_val = min(len(conversations) - 1, max(1, round(len(conversations) * spec.validation_split)))
-        held = set(order[:n_val])
-        validation_convs = [c for i, c in enumerate(conversations) if i in held]
-        conversations = [c for i, c in enumerate(conversations) if i not in held]
+    elif spec.validation_split is not None:
+        conversations, validation_convs = _split(conversations, len(sources), spec.validation_split, seed)
+
+    # The mixture: which examples of each source are trained, how often, in which order. One source: all, once.
+    groups = [[c for c in conversations if c.source == i] for i in range(len(sources))] if mixture else [conversations]
+    available = [len(g) for g in groups]
+    if mixture:
+        targets = mixture_targets(settings, available)
+        entries = draw(targets, available, seed)
+        used = sorted(set(entries))
+        distinct = [groups[s][j] for s, j in used]
+        position = {pair: k for k, pair in enumerate(used)}
+        order = [position[pair] for pair in entries]
+    else:
+        targets, distinct, order = available, conversations, list(range(len(conversations)))
 
     renderers = _Renderers(spec.chat_template, tokenizer)
     template_name = "none"
     try:
-        kind = conversations[0].kind if conversations else "chat"
+        kind = distinct[0].kind if distinct else "chat"
         renderer = renderers.get(kind)
         template_name = renderer.name
     except TemplateError as err:
@@ -399,8 +525,7 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     val_encoded: list[_Encoded] = []
     unrendered_reasoning: list[Problem] = []
     if renderer is not None:
-        encoded = _render_all(conversations, renderers, spec.train_on, tokenizer, file, invalid,
-                              unrendered_reasoning)
+        encoded = _render_all(distinct, renderers, spec.train_on, tokenizer, file, invalid, unrendered_reasoning)
         val_encoded = _render_all(validation_convs, renderers, spec.train_on, tokenizer, val_file, invalid,
                                   unrendered_reasoning)
 
@@ -420,19 +545,28 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     report.max_seq_length = max_len
 
     bos_id = getattr(tokenizer, "bos_token_id", None)
-    train: list[Example] = []
+    # The length policy once per distinct example (drops and truncations count rows, not repeats).
+    kept: dict[int, Example] = {}
     for item in encoded:
         example, outcome = _apply_length(item, max_len, spec.overlong, bos_id)
         if example is None:
             drops.setdefault(outcome, []).append(item.conversation.line)
             continue
         report.truncated += outcome == "truncated"
-        train.append(example)
+        kept[id(item.conversation)] = example
+    train: list[Example] = []
+    placed: set[int] = set()
+    for k in order:
+        conv_id = id(distinct[k])
+        example = kept.get(conv_id)
+        if example is not None:
+            train.append(example if conv_id not in placed else replace(example))
+            placed.add(conv_id)
     validation: list[Example] = []
     for item in val_encoded:
         example, _ = _apply_length(item, max_len, spec.overlong, bos_id)
         if example is not None:
-            validation.append(example)
+            validation.append(replace(example, served=served_prompt(item.conversation)))
 
     left_out = [(e.conversation.line, e.conversation.messages[i].role) for e in encoded for i in e.rendered.left_out]
     for role in sorted({role for _, role in left_out}):
@@ -451,13 +585,55 @@ def _build(spec: DatasetSpec, tokenizer: Any, train_raw: RawDataset, val_raw: Ra
     report.trainable_fraction = round(report.trainable_tokens / report.tokens, 4) if report.tokens else 0.0
     report.eos_trained = any(stop in e.labels for stop in stop_set for e in train)
     report.samples = _samples(tokenizer, train)
+    source_problems: list[Problem] = []
+    if mixture:
+        source_problems = _report_sources(report, sources, settings, formats, available, targets, train, validation)
 
     preflight.extend(unrendered_reasoning)
     if not invalid and not unrendered_reasoning:
-        preflight.extend(_preflight(spec, report, file, template_name, renderer, drops))
+        preflight.extend(_preflight(spec, report, file, template_name, renderer, drops,
+                                    drawn=len(distinct) if mixture else None))
+        if report.train_examples:
+            preflight.extend(source_problems)
     report.errors = [p.to_json() for p in [*invalid, *preflight]]
     prepared = PreparedData(train, validation, report, max_len, template_name, stops)
     return prepared, invalid, preflight
+
+
+def _report_sources(report: DataReport, sources: list[SourceData], settings: list[MixtureSource], formats: list[str],
+                    available: list[int], targets: list[int], train: list[Example],
+                    validation: list[Example]) -> list[Problem]:
+    """Fill `report.sources` and the mixture's warnings; returns the problems that fail preflight."""
+    counts = Counter(e.source for e in train)
+    tokens: Counter[int] = Counter()
+    for example in train:
+        tokens[example.source] += len(example.input_ids)
+    held = Counter(e.source for e in validation)
+    problems: list[Problem] = []
+    for index, (source, setting) in enumerate(zip(sources, settings, strict=True)):
+        name = setting.name or source.name
+        report.sources.append(SourceReport(
+            name=name, uri=source.uri, format=formats[index], files=len(source.files),
+            files_matched=source.files_matched, rows=source.row_count, available=available[index],
+            weight=setting.weight, samples=setting.samples, target=targets[index], train_examples=counts[index],
+            proportion=round(counts[index] / len(train), 4) if train else 0.0, tokens=tokens[index],
+            validation_examples=held[index]))
+        field_name = f"dataset.train.sources[{index}]"
+        if available[index] == 0:
+            problems.append(Problem(
+                f"source '{name}' has no usable example ({source.row_count} rows read from {len(source.files)} "
+                "file(s), none left after the format checks, quality filter and de-duplication): its share of the "
+                "mixture would be missing; fix the source or remove it from the mixture", source.uri, None,
+                field_name))
+            continue
+        if targets[index] > available[index]:
+            partly = source.files_matched > len(source.files)
+            why = (f" ({len(source.files)} of its {source.files_matched} files were read for samples: "
+                   f"{setting.samples}, and the filters left fewer usable rows than that)" if partly else "")
+            report.warnings.append(
+                f"source '{name}' has {available[index]} usable examples and gives {targets[index]}: each is repeated "
+                f"about {targets[index] / available[index]:.1f} times{why}")
+    return problems
 
 
 def _every_row_dropped(drops: dict[str, list[int]], max_len: int) -> str:
@@ -472,7 +648,7 @@ def _every_row_dropped(drops: dict[str, list[int]], max_len: int) -> str:
 
 
 def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
-               renderer: Renderer | None, drops: dict[str, list[int]]) -> list[Problem]:
+               renderer: Renderer | None, drops: dict[str, list[int]], drawn: int | None = None) -> list[Problem]:
     problems: list[Problem] = []
     if report.train_examples == 0:
         problems.append(Problem("no training examples are left: every row was dropped: "
@@ -501,6 +677,11 @@ def _preflight(spec: DatasetSpec, report: DataReport, file: str, template: str,
                                 + hint, file, None, "dataset.chatTemplate"))
     harmful = sum(n for reason, n in report.dropped.items() if reason not in HARMLESS_DROPS)
     share = (harmful + report.truncated) / report.rows if report.rows else 0.0
+    if drawn is not None:
+        # A mixture tokenizes only the rows it draws: the length policy's share is of those.
+        too_long = sum(report.dropped.get(r, 0) for r in LENGTH_DROPS)
+        share = ((harmful - too_long) / report.rows if report.rows else 0.0) + \
+            ((too_long + report.truncated) / drawn if drawn else 0.0)
     if share > spec.max_dropped_fraction:
         detail = ", ".join(f"{n} {reason}" for reason, n in report.dropped.items() if reason not in HARMLESS_DROPS)
         length_bound = report.truncated or any(r in report.dropped for r in ("too_long", "response_too_long"))

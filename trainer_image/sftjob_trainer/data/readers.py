@@ -2,6 +2,11 @@
 
 This is the only module of the data pipeline that does I/O. Every row keeps the 1-based line it
 started on (the row number for parquet), so later errors can name `file:line`.
+
+A URI with `*`, `?` or `[...]` is a glob over shards (`s3://bucket/data/*.parquet`, `dir/part-*.jsonl`):
+`list_shards` lists the folder before the first wildcard (one S3 listing, or a directory walk) and keeps
+the names the pattern matches; `read_source` then reads the shards one file at a time, in name order,
+or, when a `samples` count needs only some rows, in a seeded order until enough rows are read.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ import csv
 import hashlib
 import io
 import json
+import random
+import re
 from dataclasses import dataclass
 from typing import Any
 
+from sftjob_api.types import is_glob
 from sftjob_trainer import storage
 from sftjob_trainer.data.errors import DataError, Problem
 
@@ -77,31 +85,166 @@ def read_dataset(uri: str, declared_format: str = "auto") -> RawDataset:
     Raises:
         DataError: DatasetUnreadable (missing file), a storage code, or InvalidDataset (malformed content).
     """
+    return _read_file(uri, declared_format, allow_empty=False)
+
+
+def _read_file(uri: str, declared_format: str, *, allow_empty: bool) -> RawDataset:
     fmt = detect_file_format(uri, declared_format)
     try:
         data = storage.read_bytes(uri)
     except storage.StorageError as err:
         code = "DatasetUnreadable" if err.code == "NotFound" else err.code
         raise DataError(code, f"cannot read the dataset: {err}", file=uri) from None
-    return parse_bytes(data, uri, fmt)
+    return parse_bytes(data, uri, fmt, allow_empty=allow_empty)
 
 
-def parse_bytes(data: bytes, uri: str, fmt: str) -> RawDataset:
+def parse_bytes(data: bytes, uri: str, fmt: str, *, allow_empty: bool = False) -> RawDataset:
     """Decode the bytes of a dataset file (pure: no I/O).
+
+    Args:
+        data: The file's bytes.
+        uri: The file, for problems.
+        fmt: jsonl, json, parquet or csv.
+        allow_empty: Accept a file without rows (a shard of a glob: writers such as Spark leave empty parts).
 
     Raises:
         DataError: InvalidDataset naming file:line for the first problems found.
     """
     digest = hashlib.sha256(data).hexdigest()
     if not data.strip():
+        if allow_empty:
+            return RawDataset(uri=uri, format=fmt, rows=[], sha256=digest)
         raise DataError("InvalidDataset", "the file is empty: expected at least one row", file=uri, line=1)
     parser = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv, "parquet": _parse_parquet}[fmt]
     rows, problems = parser(data, uri)
     if problems:
         raise DataError.from_problems("InvalidDataset", problems)
-    if not rows:
+    if not rows and not allow_empty:
         raise DataError("InvalidDataset", "the file holds no rows", file=uri, line=1)
     return RawDataset(uri=uri, format=fmt, rows=rows, sha256=digest)
+
+
+@dataclass(frozen=True)
+class SourceData:
+    """One training source as read: a file, or the shards of a glob that were read."""
+
+    name: str
+    """The source's name (`sources[].name` or derived from the URI)."""
+    uri: str
+    """The file or glob, as configured."""
+    files: list[RawDataset]
+    """The files read, in read order."""
+    files_matched: int
+    """How many files the URI matched (more than `len(files)` when a `samples` count needed only some)."""
+
+    @property
+    def row_count(self) -> int:
+        """Rows read, over every file."""
+        return sum(len(f.rows) for f in self.files)
+
+    @property
+    def sha256(self) -> str:
+        """The file's digest; for a glob, a digest over the name and digest of every shard read."""
+        if not is_glob(self.uri) and len(self.files) == 1:
+            return self.files[0].sha256
+        lines = "".join(f"{f.uri}\0{f.sha256}\n" for f in self.files)
+        return hashlib.sha256(f"{self.uri}\n{lines}".encode()).hexdigest()
+
+
+def split_glob(uri: str) -> tuple[str, str]:
+    """(the folder before the first wildcard, the pattern relative to it); the folder is "" for a bare pattern."""
+    first = min(i for i, c in enumerate(uri) if c in "*?[")
+    cut = uri.rfind("/", 0, first)
+    if cut < 0:
+        return "", uri
+    return (uri[:cut] or "/"), uri[cut + 1:]
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """A regex for a glob over `/`-separated names: `*` and `?` stay within one segment, `**` crosses them."""
+    out, i = [], 0
+    while i < len(pattern):
+        char = pattern[i]
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+        elif pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+        elif char == "*":
+            out.append("[^/]*")
+            i += 1
+        elif char == "?":
+            out.append("[^/]")
+            i += 1
+        elif char == "[" and (end := pattern.find("]", i + 2)) > 0:
+            body = pattern[i + 1:end]
+            body = "^" + body[1:] if body.startswith("!") else body
+            out.append(f"[{body.replace(chr(92), chr(92) * 2)}]")
+            i = end + 1
+        else:
+            out.append(re.escape(char))
+            i += 1
+    return re.compile("".join(out))
+
+
+def list_shards(uri: str, field: str) -> list[str]:
+    """The files a URI names: itself, or every file a glob matches, in name order.
+
+    Args:
+        uri: A file or a glob (`s3://bucket/data/*.parquet`, `dir/**/*.jsonl`).
+        field: The spec field the URI came from, for errors.
+
+    Raises:
+        DataError: DatasetUnreadable when a glob matches nothing; a storage code when the listing fails.
+    """
+    if not is_glob(uri):
+        return [uri]
+    base, pattern = split_glob(uri)
+    try:
+        names = storage.list_files(base or ".")
+    except storage.StorageError as err:
+        raise DataError(err.code, f"cannot list the shards of the glob: {err}", file=uri, field=field) from None
+    regex = glob_regex(pattern)
+    matched = [storage.join(base, name) if base else name for name in names if regex.fullmatch(name)]
+    if not matched:
+        where = f"{len(names)} file{'' if len(names) == 1 else 's'} there" if names else "no file there at all"
+        raise DataError("DatasetUnreadable",
+                        f"the glob matches no file under {base or '.'} ({where}); check the pattern (`*` and `?` "
+                        "stay within one folder, `**` crosses folders), the bucket and prefix, and that the "
+                        "shards were written", file=uri, field=field)
+    return matched
+
+
+def read_source(name: str, uri: str, declared_format: str, *, field: str, min_rows: int | None = None,
+                seed: int = 0) -> SourceData:
+    """Read a source: one file, or the shards of a glob one file at a time.
+
+    Args:
+        name: The source's name.
+        uri: A file or a glob.
+        declared_format: `auto` (each file's extension) or jsonl/json/parquet/csv.
+        field: The spec field of the URI, for errors.
+        min_rows: Stop once this many rows are read (the shards then go in an order seeded by `seed`, so a
+            sample does not always come from the first shards); None reads every file.
+        seed: The job's seed.
+
+    Raises:
+        DataError: As `list_shards` and `read_dataset`.
+    """
+    files = list_shards(uri, field)
+    order = list(files)
+    if min_rows is not None and len(order) > 1:
+        random.Random(f"{seed}:shards:{uri}").shuffle(order)  # noqa: S311 - a seeded order, not cryptography
+    read: list[RawDataset] = []
+    rows = 0
+    for file in order:
+        if min_rows is not None and rows >= min_rows:
+            break
+        raw = _read_file(file, declared_format, allow_empty=is_glob(uri))
+        read.append(raw)
+        rows += len(raw.rows)
+    return SourceData(name=name, uri=uri, files=read, files_matched=len(files))
 
 
 def _too_big(size: int) -> str:

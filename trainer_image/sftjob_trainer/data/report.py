@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sftjob_api.types import DatasetStats
+from sftjob_api.types import DatasetStats, SourceStats
 
 
 @dataclass
@@ -19,13 +19,56 @@ class Sample:
 
 
 @dataclass
+class SourceReport:
+    """One source of a training mixture: what was read, requested and drawn."""
+
+    name: str
+    """The source's name."""
+    uri: str
+    """The file or glob."""
+    format: str = "unknown"
+    """The schema detected or configured for this source."""
+    files: int = 0
+    """Files read."""
+    files_matched: int = 0
+    """Files the URI matched."""
+    rows: int = 0
+    """Rows read."""
+    available: int = 0
+    """Usable distinct training examples the draw started from (after checks, filters, de-duplication and the
+    validation hold-out)."""
+    weight: float | None = None
+    """The requested weight."""
+    samples: int | None = None
+    """The requested count."""
+    target: int = 0
+    """Examples drawn (weight share, samples count, or every available example)."""
+    train_examples: int = 0
+    """Training examples from this source after the length policy."""
+    proportion: float = 0.0
+    """train_examples / all training examples."""
+    tokens: int = 0
+    """Training tokens from this source."""
+    validation_examples: int = 0
+    """Held-out examples of this source."""
+
+    def to_stats(self) -> SourceStats:
+        """The status form."""
+        return SourceStats(name=self.name, format=self.format, files=self.files, files_matched=self.files_matched,
+                           rows=self.rows, available=self.available, weight=self.weight, samples=self.samples,
+                           train_examples=self.train_examples, proportion=self.proportion, tokens=self.tokens,
+                           validation_examples=self.validation_examples)
+
+
+@dataclass
 class DataReport:
     """Everything `sftjob data inspect --json` prints; `to_stats()` gives the SFTJob status part."""
 
     file: str
-    """The training file."""
+    """The training file or glob; for a mixture, `N sources: uri, uri, ...`."""
     format: str
-    """Detected or configured schema (prompt_completion, messages, alpaca, sharegpt, text)."""
+    """Detected or configured schema (prompt_completion, messages, alpaca, sharegpt, text); `+`-joined when the
+    sources or shards of a mixture differ."""
     rows: int = 0
     """Rows read from the training file."""
     train_examples: int = 0
@@ -70,6 +113,8 @@ class DataReport:
     cache: str = ""
     """The data cache: `hit <key12>` (loaded, nothing re-tokenized), `miss <key12>` (prepared and stored),
     or empty when no cache was used."""
+    sources: list[SourceReport] = field(default_factory=list)
+    """Per source of a mixture (`dataset.train.sources`); empty for a single file or glob."""
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict (samples as lists of [text, trained])."""
@@ -82,4 +127,5 @@ class DataReport:
         return DatasetStats(format=self.format, rows=self.rows, train_examples=self.train_examples,
                             validation_examples=self.validation_examples, dropped=dict(self.dropped),
                             truncated=self.truncated, tokens=self.tokens, trainable_tokens=self.trainable_tokens,
-                            sha256=self.sha256 or None, cache=self.cache or None)
+                            sha256=self.sha256 or None, cache=self.cache or None,
+                            sources=[s.to_stats() for s in self.sources] or None)
