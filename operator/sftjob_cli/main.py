@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     from sftjob_cli import eval_cmd
 
     eval_cmd.register(commands)
+    from sftjob_cli import distill_cmd
+
+    distill_cmd.register(commands)
     return parser
 
 
