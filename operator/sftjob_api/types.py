@@ -254,8 +254,8 @@ class TrainingData(ApiModel):
             field_path=".sources",
         ),
         CelRule(
-            rule="!has(self.sources) || self.sources.all(s, !has(s.name) || "
-            "self.sources.exists_one(t, has(t.name) && t.name == s.name))",
+            rule="!has(self.sources) || self.sources.all(s, has(s.name) ? "
+            "self.sources.exists_one(t, has(t.name) ? t.name == s.name : false) : true)",
             message="source names must be unique within the mixture",
             field_path=".sources",
         ),
@@ -1186,7 +1186,8 @@ class DistillationSpec(ApiModel):
 
     cel_rules = (
         CelRule(
-            rule="self.samplesPerPrompt == 1 || self.temperature > 0.0",
+            # double(): a temperature written as an integer (0, 1) decodes as one.
+            rule="self.samplesPerPrompt == 1 || double(self.temperature) > 0.0",
             message="samplesPerPrompt above 1 needs temperature above 0 (greedy decoding repeats one answer)",
             field_path=".samplesPerPrompt",
         ),
@@ -1333,13 +1334,15 @@ class SFTJobSpec(ApiModel):
             field_path=".distillation",
         ),
         CelRule(
-            rule=f"!has(self.distillation) || self.dataset.train.uri == '{DISTILLED_TRAIN_URI}'",
+            rule=f"!has(self.distillation) || (has(self.dataset.train.uri) "
+                 f"&& self.dataset.train.uri == '{DISTILLED_TRAIN_URI}')",
             message="with distillation the job trains on the teacher's answers (<output>/data/distilled.jsonl): set "
                     f"dataset.train.uri: {DISTILLED_TRAIN_URI}",
             field_path=".dataset.train.uri",
         ),
         CelRule(
-            rule=f"has(self.distillation) || self.dataset.train.uri != '{DISTILLED_TRAIN_URI}'",
+            rule=f"has(self.distillation) || !has(self.dataset.train.uri) "
+                 f"|| self.dataset.train.uri != '{DISTILLED_TRAIN_URI}'",
             message=f"dataset.train.uri '{DISTILLED_TRAIN_URI}' names the teacher's answers: set distillation, or "
                     "point dataset.train.uri at a file",
             field_path=".dataset.train.uri",

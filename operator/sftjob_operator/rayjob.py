@@ -10,10 +10,11 @@ How the trainer is started (the contract with `sftjob_trainer`):
   containers (`apiVersion`, `kind`, `metadata.name`/`namespace`, `spec`), and the attempt number in
   `SFTJOB_ATTEMPT`; the trainer resumes from the latest checkpoint by itself
   (`spec.checkpointing.resumeFrom: latest`);
-- credentials come only from the Secrets named in `spec.model/dataset/output.secretRef`, through
-  `envFrom`: each Secret's keys as they are (model, then dataset, then output: a later Secret wins a
-  clash), and again with a per-role prefix (`SFTJOB_MODEL_`, `SFTJOB_DATASET_`, `SFTJOB_OUTPUT_`) so
-  that the trainer can tell e.g. the dataset's AWS keys from the output's. Nothing goes into
+- credentials come only from the Secrets named by a `secretRef` (`evaluation.judge`, `tracking.mlflow`,
+  `tracking.wandb`, `model`, `dataset`, `output`), through `envFrom`: each Secret's keys as they are (in
+  that order: a later Secret wins a clash, so storage credentials win), and again with a per-role prefix
+  (`SFTJOB_JUDGE_`, `SFTJOB_MLFLOW_`, `SFTJOB_WANDB_`, `SFTJOB_MODEL_`, `SFTJOB_DATASET_`, `SFTJOB_OUTPUT_`)
+  so that the trainer can tell e.g. the dataset's AWS keys from the output's. Nothing goes into
   `runtimeEnvYAML` (Ray shows it on its dashboard).
 """
 
@@ -119,11 +120,20 @@ def worker_resources(job: SFTJob, settings: Settings) -> tuple[str, str]:
 
 
 def secret_names(job: SFTJob) -> dict[str, str]:
-    """The Secret referenced for each role (`model`, `dataset`, `output`) that has one."""
+    """The Secret referenced for each role that has one.
+
+    The services first (`judge`, `mlflow`, `wandb`), then `model`, `dataset`, `output`: storage credentials win
+    a clash of plain keys in `envFrom`.
+    """
+    spec = job.spec
+    tracking = spec.tracking
     refs = {
-        "model": job.spec.model.secret_ref,
-        "dataset": job.spec.dataset.secret_ref,
-        "output": job.spec.output.secret_ref,
+        "judge": spec.evaluation.judge.secret_ref if spec.evaluation.judge else None,
+        "mlflow": tracking.mlflow.secret_ref if tracking.mlflow else None,
+        "wandb": tracking.wandb.secret_ref if tracking.wandb else None,
+        "model": spec.model.secret_ref,
+        "dataset": spec.dataset.secret_ref,
+        "output": spec.output.secret_ref,
     }
     return {role: ref.name for role, ref in refs.items() if ref is not None}
 

@@ -340,6 +340,8 @@ def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
         status.dataset = progress.dataset
     if progress.evaluation is not None:
         status.evaluation = progress.evaluation
+    if progress.tracking is not None:
+        status.tracking = progress.tracking
     known = max((c.step for c in status.checkpoints), default=-1)
     if progress.checkpoints:
         newest = max(progress.checkpoints, key=lambda c: c.step)

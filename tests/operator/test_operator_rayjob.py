@@ -293,6 +293,24 @@ def test_credentials_come_only_from_secret_references() -> None:
     assert "envFrom" not in containers(build_rayjob(base_job(), 1, Settings()))[0]
 
 
+def test_service_credentials_come_first_so_storage_keys_win_a_clash() -> None:
+    job = base_job(
+        dataset={"train": {"uri": "s3://data/t.jsonl"}, "secretRef": {"name": "data-s3"}},
+        evaluation={"judge": {"endpoint": "http://judge.llm.svc:8000/v1", "model": "judge",
+                              "secretRef": {"name": "judge-key"}}},
+        tracking={"mlflow": {"trackingUri": "http://mlflow.mlops.svc:5000", "secretRef": {"name": "mlflow-token"}}},
+    )
+    head = containers(build_rayjob(job, 1, Settings()))[0]
+    assert head["envFrom"] == [
+        {"secretRef": {"name": "judge-key"}},
+        {"secretRef": {"name": "mlflow-token"}},
+        {"secretRef": {"name": "data-s3"}},
+        {"prefix": "SFTJOB_JUDGE_", "secretRef": {"name": "judge-key"}},
+        {"prefix": "SFTJOB_MLFLOW_", "secretRef": {"name": "mlflow-token"}},
+        {"prefix": "SFTJOB_DATASET_", "secretRef": {"name": "data-s3"}},
+    ]
+
+
 def test_the_manifest_shares_no_objects() -> None:
     rayjob = build_rayjob(base_job(), 1, Settings())
     head, worker, _ = containers(rayjob)

@@ -127,6 +127,10 @@ def test_two_workers_on_s3(s3_two_worker_run: dict[str, Any], tiny_model_dir: Pa
     assert manifest["evaluation"]["metrics"] == [m.to_wire() for m in evaluation.metrics]
     during = [r["step"] for r in s3_two_worker_run["metrics"] if "eval_task_exact_match" in r]
     assert during == [2, 4]  # evalInterval 2, on rank 0 only
+    # the merged model/ is what a server loads: the exported template renders the trained prompts, every trained
+    # stop token is in its generation_config.json (a random tiny model never stops: stopping is shown on SmolLM2)
+    serving = manifest["servingCheck"]
+    assert serving["prompts"] == serving["templateMatches"] > 0 and serving["missingStopIds"] == []
     report = (local / "eval_report.md").read_text()
     assert report.startswith("# Evaluation of two-workers")
     assert "![task metrics during training](eval_metrics.png)" in report

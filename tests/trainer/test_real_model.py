@@ -137,12 +137,20 @@ def test_lora_on_the_real_model_lowers_held_out_loss_and_reloads_onto_the_gguf_b
                    method={"lora": {"r": 16, "alpha": 32}},
                    hyperparameters={"maxSteps": 8, "batchSize": 8, "learningRate": 1e-3, "logInterval": 2},
                    compute={"cpusPerWorker": 2}, checkpointing={"interval": 8},
-                   evaluation={"numSamples": 2, "maxNewTokens": 8})
+                   evaluation={"numSamples": 2, "maxNewTokens": 48})
     result = run_job(context_for(job, 1))
     out = Path(result.output_uri)
     progress = ProgressFile.model_validate_json((out / "progress.json").read_text())
     assert progress.phase == "Succeeded" and progress.step == 8
     manifest = json.loads((out / "manifest.json").read_text())
+    # It serves as trained: reloaded from adapter/ onto its base alone, the exported template renders the trained
+    # prompt tokens and greedy generation stops on the exported stop tokens (<|im_end|>).
+    assert manifest["servingCheck"] == {"passed": True, "prompts": 4, "templateMatches": 4, "stops": 4,
+                                        "missingStopIds": [], "firstMismatch": None, "firstNoStop": None}
+    exported = json.loads((out / "adapter" / "generation_config.json").read_text())
+    end_of_turn = load_tokenizer(smollm2_dir, ModelSpec(source=str(smollm2_gguf))).convert_tokens_to_ids(END_OF_TURN)
+    assert end_of_turn in ([exported["eos_token_id"]] if isinstance(exported["eos_token_id"], int)
+                           else exported["eos_token_id"])
     assert manifest["baseModel"]["source"] == str(smollm2_gguf)
     assert manifest["baseModel"]["gguf"]["quantization"] == "Q4_1"
     converted_from = json.loads((smollm2_dir / "sftjob-gguf.json").read_text())

@@ -11,6 +11,7 @@ from typing import Any
 from sftjob_api.progress import ADAPTER_DIR, FORGETTING_EXCEEDED, MANIFEST_FILE, MODEL_DIR, ProgressFile
 from sftjob_api.types import SFTJob
 from sftjob_trainer import storage
+from sftjob_trainer.data.mixture import eval_loss_table
 from sftjob_trainer.gguf_model import GgufOrigin
 from sftjob_trainer.task_metrics import format_score
 
@@ -125,6 +126,9 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
     spec = job.spec
     resolved = progress.resolved.model_dump(exclude_none=True, by_alias=True) if progress.resolved else {}
     stats = progress.dataset.model_dump(exclude_none=True, by_alias=True) if progress.dataset else {}
+    stats.pop("sources", None)  # a mixture's sources get a table of their own
+    mixture = eval_loss_table(progress.dataset) if progress.dataset else ""
+    mixture = f"{mixture}\n" if mixture else ""
     metrics = progress.metrics.model_dump(exclude_none=True, by_alias=True)
     method = spec.method.model_dump(exclude_none=True, by_alias=True)
     if adapter:
@@ -171,7 +175,8 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         f"# {job.name}\n\nSupervised fine-tuning of `{spec.model.source}`"
         f"{f' (revision {spec.model.revision})' if spec.model.revision else ''} with **{spec.method.type}**, "
         f"trained by sftjob in {progress.step} optimizer steps.\n\n{warning}{origin}"
-        f"## Data\n\nTraining file `{spec.dataset.train.uri}`.\n\n{table(stats)}\n"
+        f"## Data\n\nTraining {'file' if spec.dataset.train.uri else 'data'} `{spec.dataset.train.describe()}`.\n\n"
+        f"{table(stats)}\n{mixture}"
         f"## Method\n\n{table(method)}\n"
         f"## Resolved hyperparameters\n\n{table(resolved)}\n"
         f"## Final metrics\n\n{table(metrics)}\n"
@@ -196,11 +201,14 @@ def versions() -> dict[str, str]:
 
 
 def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any]], base_revision: str | None,
-             final_metrics: dict[str, Any], gguf: GgufOrigin | None = None) -> bytes:
+             final_metrics: dict[str, Any], gguf: GgufOrigin | None = None,
+             serving: dict[str, Any] | None = None) -> bytes:
     """manifest.json: sha256 and size of every artifact, resolved settings, dataset digest and stats, versions.
 
     A base model converted from a GGUF file is recorded with that file's name, sha256 and quantisation type.
-    `evaluation` holds the forgetting figure; `degraded` lists why a kept output is marked (empty when it is not).
+    `evaluation` holds the evaluation (`status.evaluation`); `servingCheck` whether the exported directory,
+    reloaded as a server loads it, renders the trained prompts and stops (`sftjob_trainer.serving`);
+    `degraded` lists why a kept output is marked (empty when it is not).
     """
     forgetting = progress.evaluation.forgetting if progress.evaluation else None
     degraded = ([{"reason": FORGETTING_EXCEEDED, "message": forgetting.summary()}]
@@ -219,6 +227,7 @@ def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any
         "dataset": progress.dataset.to_wire() if progress.dataset else None,
         "metrics": final_metrics,
         "evaluation": progress.evaluation.to_wire() if progress.evaluation else None,
+        "servingCheck": serving,
         "degraded": degraded,
         "steps": progress.step,
         "versions": versions(),

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 from sftjob_api.progress import CANCELLED, CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
 from sftjob_api.types import EvaluationStatus, Metrics
-from sftjob_trainer import faults, storage
+from sftjob_trainer import faults, storage, tracking
 from sftjob_trainer.artifacts import (
     EVAL_REPORT_FILE,
     EVAL_SAMPLES_FILE,
@@ -30,6 +30,7 @@ from sftjob_trainer.artifacts import (
     write_manifest,
 )
 from sftjob_trainer.config import JobContext
+from sftjob_trainer.data.mixture import with_eval_losses
 from sftjob_trainer.device_defaults import DeviceDefaults, device_defaults
 from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.eval_report import METRIC_PLOT_FILE, metric_curves, metric_plot_png
@@ -52,6 +53,8 @@ log = logging.getLogger(__name__)
 CHECKPOINT_UPLOAD_ATTEMPTS = 10
 # Offset of the eval-sample choice from the job seed, so it does not mirror the validation split's shuffle.
 SAMPLE_SEED_OFFSET = 1
+# Held-out conversations the serving check renders and generates for: it proves the export, not the model.
+SERVING_PROMPTS = 4
 
 
 @dataclass
@@ -186,6 +189,26 @@ def eval_prompts(prepared: Any, tokenizer: Any, count: int, seed: int) -> list[S
     return [Sample(tokenizer.decode(e.prompt_ids), list(e.prompt_ids), e.reference) for e in pool[:count]]
 
 
+def export_template(spec: Any, prepared: Any, tokenizer: Any) -> str | None:
+    """The Jinja chat template the job trained with, for the exported tokenizer (None for plain text rows)."""
+    from sftjob_trainer.serving import export_chat_template
+
+    kind = ("text" if prepared.report.format == "text"
+            else "prompt_completion" if prepared.chat_template == "none" else "chat")
+    return export_chat_template(spec.dataset.chat_template, tokenizer, kind)
+
+
+def serving_samples(prepared: Any) -> list[Any]:
+    """Held-out conversations for the serving check: untruncated validation rows (a cut prompt would not match)."""
+    import json
+
+    from sftjob_trainer.serving import ServingSample
+
+    served = [(json.loads(e.served), e.prompt_ids) for e in prepared.validation
+              if e.served and len(e.input_ids) < prepared.max_seq_length]
+    return [ServingSample(s["messages"], list(ids), s["tools"]) for s, ids in served[:SERVING_PROMPTS]]
+
+
 def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) -> tuple[Plan, str]:
     """Resolve hyperparameters and the batching strategy.
 
@@ -281,6 +304,7 @@ def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
                 with contextlib.suppress(storage.StorageError):
                     writer.state = writer.load_existing() or writer.state
             writer.fail(err.to_status())
+            tracking.fail(ctx.job, writer.state.tracking)
             raise
 
 
@@ -339,6 +363,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
                   # The job's record, whatever is resumed: a second non-finite loss in a job is not retried.
                   non_finite_steps=earlier.non_finite_steps if earlier else [],
                   skipped_steps=earlier.skipped_steps if resumable and earlier else [])
+    # One run per job: a retry or resume continues the earlier attempts' runs (each step logged once).
+    writer.update(force=True, tracking=tracking.start(ctx.job, ctx.output_uri, ctx.attempt, plan.resolved,
+                                                      earlier=earlier.tracking if earlier else None,
+                                                      resume=resumable))
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
     # Ray only after the preflight: bad input fails without starting a cluster, also in an in-process caller.
@@ -363,6 +391,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
         "reference": ray.put(reference) if reference else None,
         "samples": eval_prompts(prepared, tokenizer, spec.evaluation.num_samples, spec.hyperparameters.seed),
         "stop_token_ids": prepared.stop_token_ids,
+        "export_template": export_template(spec, prepared, tokenizer),
+        "serving_samples": serving_samples(prepared),
+        # A mixture's held-out rows by source, for the evaluation loss per source.
+        "validation_sources": [e.source for e in prepared.validation] if stats.sources else None,
         "checkpoints_uri": storage.join(ctx.output_uri, CHECKPOINTS_DIR, run_name(ctx)),
         "progress": writer.state.model_dump(),
         "resume_uri": None if resume_from in ("latest", "none") else resume_from,
@@ -443,6 +475,9 @@ def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_di
         "total_steps": ran.total_steps, "percentage": ran.percentage,
         "evaluation": EvaluationStatus(forgetting=rank0.forgetting) if rank0.forgetting else None,
     })
+    if rank0.source_losses and writer.state.dataset is not None:
+        writer.state = writer.state.model_copy(
+            update={"dataset": with_eval_losses(writer.state.dataset, rank0.source_losses)})
     check_gate(spec.evaluation, rank0.forgetting)
     writer.set_phase("Exporting", "scoring the answers" + (" and asking the judge" if spec.evaluation.judge else ""))
     evaluation = evaluate(spec.evaluation, samples, rank0.answers, rank0.benchmarks, rank0.forgetting,
@@ -461,14 +496,17 @@ def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_di
     if curves:
         publish(METRIC_PLOT_FILE, metric_plot_png(curves))
     publish(EVAL_REPORT_FILE, render_report(ctx.job.name, spec.evaluation, evaluation, samples, rank0.answers,
-                                            LOSS_PLOT_FILE, METRIC_PLOT_FILE if curves else None).encode())
+                                            LOSS_PLOT_FILE, METRIC_PLOT_FILE if curves else None,
+                                            progress.dataset).encode())
     adapter = is_adapter_method(spec.method)
     gguf = origin_of(model_dir)
     publish(MODEL_CARD_FILE, model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
                                         spec.output.merge_adapter, gguf).encode())
     files[METRICS_FILE] = describe_bytes(storage.read_bytes(storage.join(ctx.output_uri, METRICS_FILE)))
     final_metrics = _final_metrics(progress.metrics, metrics)
-    write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics, gguf))
+    write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics, gguf,
+                                            rank0.serving))
+    tracking.finish(ctx.job, ctx.output_uri, writer.state)
     writer.set_phase("Succeeded", f"artifacts in {ctx.output_uri}", percentage=100.0, estimated_finish_time=None)
     return RunResult(ctx.output_uri, writer.state, files)
 

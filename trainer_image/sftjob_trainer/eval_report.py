@@ -6,8 +6,9 @@ import io
 from collections.abc import Sequence
 from typing import Any
 
-from sftjob_api.types import EvaluationSpec, EvaluationStatus
+from sftjob_api.types import DatasetStats, EvaluationSpec, EvaluationStatus
 from sftjob_trainer.artifacts import EVAL_REPORT_FILE
+from sftjob_trainer.data.mixture import eval_loss_table
 from sftjob_trainer.evaluation import DURING_TRAINING_PREFIX, Answers, Sample, scorer
 from sftjob_trainer.task_metrics import format_score
 
@@ -127,7 +128,8 @@ def _judge_section(status: EvaluationStatus, spec: EvaluationSpec) -> str:
 
 
 def render(job_name: str, spec: EvaluationSpec, status: EvaluationStatus, samples: Sequence[Sample],
-           answers: Answers, loss_plot: str | None, metric_plot: str | None) -> str:
+           answers: Answers, loss_plot: str | None, metric_plot: str | None,
+           dataset: DatasetStats | None = None) -> str:
     """The text of eval_report.md.
 
     Args:
@@ -138,6 +140,7 @@ def render(job_name: str, spec: EvaluationSpec, status: EvaluationStatus, sample
         answers: Both models' answers.
         loss_plot: File name of the loss curves in the output, if any.
         metric_plot: File name of the task-metric curves, if any.
+        dataset: The dataset statistics: a mixture's sources get a table with their evaluation loss.
     """
     parts = [f"# Evaluation of {job_name}\n\n"]
     if status.score:
@@ -146,6 +149,10 @@ def render(job_name: str, spec: EvaluationSpec, status: EvaluationStatus, sample
     parts.append(_metrics_section(status))
     parts.append(_tasks_section(status))
     parts.append(_judge_section(status, spec))
+    sources = eval_loss_table(dataset) if dataset is not None else ""
+    if sources:
+        parts.append("## Mixture sources\n\nRealised proportions and the fine-tuned model's evaluation loss on "
+                     f"each source's held-out rows.\n\n{sources}\n")
     if status.forgetting is not None:
         parts.append(f"## Forgetting\n\n{status.forgetting.summary()}. Above 1 the fine-tuned model predicts the "
                      "reference set worse than its base.\n\n")

@@ -7,6 +7,7 @@ global batch. Rank 0 writes progress.json and metrics.jsonl.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import tempfile
@@ -27,6 +28,9 @@ from sftjob_trainer.forgetting import forgetting_result, mean_token_loss
 from sftjob_trainer.health import HealthGuard
 from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
+from sftjob_trainer.tracking import tracking_callback
+
+log = logging.getLogger(__name__)
 
 # Steps in the sliding window of the tokens/s figure (recent throughput, not the run's average).
 THROUGHPUT_WINDOW = 20
@@ -53,6 +57,10 @@ class Rank0Result:
     """lm-eval results of `evaluation.tasks` on both models."""
     eval_seconds: float = 0.0
     """Time spent evaluating (generation, benchmarks, reference losses), apart from training."""
+    serving: dict[str, Any] | None = None
+    """The serving check of the exported weights (`sftjob_trainer.serving.ServingCheck.to_wire`)."""
+    source_losses: dict[int, float] = field(default_factory=dict)
+    """A mixture's evaluation loss per source index (`dataset.train.sources`), of the fine-tuned model."""
 
 
 def build_collator(batching: str, pad_token_id: int) -> Any:
@@ -396,6 +404,9 @@ def train_loop(config: dict[str, Any]) -> Rank0Result | None:
         if writer is not None and spec.evaluation.during_training:
             callbacks.append(during_training_callback(writer, samples, spec.evaluation, tokenizer,
                                                       config["stop_token_ids"]))
+        tracked = tracking_callback(job, config["output_uri"], progress) if writer is not None else None
+        if tracked is not None:  # after RayTrainReportCallback: it uploads event files once a checkpoint persisted
+            callbacks.append(tracked)
         trainer = build_trainer(spec, model, tokenizer, config["plan"], str(Path(tmp) / "hf"), config["batching"],
                                 ray.get(config["train"]),
                                 ray.get(config["validation"]) if config["validation"] is not None else None,
@@ -409,12 +420,16 @@ def train_loop(config: dict[str, Any]) -> Rank0Result | None:
         tuned = evaluate_model(trainer.model, tokenizer, config, reference, spec)
         forgetting = (forgetting_result(base.reference_loss, tuned.reference_loss, reference,
                                         spec.evaluation.max_forgetting) if reference is not None else None)
-        files = export_rank0(config, spec, trainer.model, tokenizer, model_dir, Path(tmp))
+        source_losses = (per_source_eval_loss(trainer.model, ray.get(config["validation"]),
+                                              config["validation_sources"], args["per_device_eval_batch_size"],
+                                              tokenizer.pad_token_id)
+                         if config["validation_sources"] and config["validation"] is not None else {})
+        files, serving = export_rank0(config, spec, trainer.model, tokenizer, model_dir, Path(tmp))
         from sftjob_trainer.benchmarks import compare
 
         return Rank0Result(files, Answers(base.answers, tuned.answers), forgetting,
                            compare(spec.evaluation.tasks, base.benchmarks, tuned.benchmarks),
-                           round(base.seconds + tuned.seconds, 3))
+                           round(base.seconds + tuned.seconds, 3), serving, source_losses)
 
 
 @dataclass(frozen=True)
@@ -429,6 +444,26 @@ class ModelEvaluation:
     """Mean token loss on the reference set (0 without one)."""
     seconds: float = 0.0
     """Wall time it took."""
+
+
+def per_source_eval_loss(model: Any, rows: list[dict[str, Any]], sources: list[int], batch_size: int,
+                         pad_token_id: int) -> dict[int, float]:
+    """A model's mean token loss on each mixture source's held-out rows (`{source index: loss}`).
+
+    Args:
+        model: The fine-tuned model.
+        rows: The validation rows (`input_ids`, `labels`), as the Trainer evaluates them.
+        sources: Each row's source index (`Example.source`).
+        batch_size: Rows per forward pass.
+        pad_token_id: The padding token.
+    """
+    from types import SimpleNamespace
+
+    from sftjob_trainer.data import mixture
+
+    tagged = [SimpleNamespace(source=source, **row) for row, source in zip(rows, sources, strict=True)]
+    return mixture.per_source_eval_loss(tagged, lambda examples: mean_token_loss(  # type: ignore[arg-type]
+        model, [{"input_ids": e.input_ids, "labels": e.labels} for e in examples], batch_size, pad_token_id))
 
 
 def evaluate_model(model: Any, tokenizer: Any, config: dict[str, Any], reference: Any, spec: Any) -> ModelEvaluation:
@@ -452,8 +487,8 @@ def evaluate_model(model: Any, tokenizer: Any, config: dict[str, Any], reference
 
 
 def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, model_dir: Path,
-                 tmp: Path) -> dict[str, dict[str, Any]]:
-    """Save the trained weights (adapter/ and/or model/) into the output (rank 0).
+                 tmp: Path) -> tuple[dict[str, dict[str, Any]], dict[str, Any] | None]:
+    """Save the trained weights (adapter/ and/or model/) into the output and check they serve as trained (rank 0).
 
     Args:
         config: The worker config.
@@ -464,23 +499,43 @@ def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, 
         tmp: A scratch directory.
 
     Returns:
-        `{relative path: {sha256, size}}` of every file written.
+        `{relative path: {sha256, size}}` of every file written, and the serving check (`servingCheck` of
+        manifest.json; None when no weights were saved).
     """
+    from sftjob_trainer.serving import prepare_for_export, serving_check, write_generation_config
+
     out = config["output_uri"]
     files: dict[str, dict[str, Any]] = {}
+    # The template and stop tokens training used go with the weights: a server renders and stops as trained.
+    template, stops = config["export_template"], config["stop_token_ids"]
+    prepare_for_export(model, tokenizer, template, stops)
+    served: tuple[Path, Path | None] | None = None  # (directory, base for an adapter) a server would load
     if is_adapter_method(spec.method):
         if spec.output.save_adapter:
             adapter = tmp / ADAPTER_DIR
             model.save_pretrained(str(adapter))
             tokenizer.save_pretrained(str(adapter))
+            write_generation_config(model, adapter)  # PEFT's save_pretrained writes none
             published = publish_dir(adapter, storage.join(out, ADAPTER_DIR))
             files.update({f"{ADAPTER_DIR}/{k}": v for k, v in published.items()})
+            served = (adapter, model_dir)
         if spec.output.merge_adapter:
             merged = merged_model(model, spec, tokenizer, model_dir, tmp, config["load_dtype"])
+            prepare_for_export(merged, tokenizer, template, stops)  # QLoRA's merge reloads the base from disk
             files.update(_save_full(merged, tokenizer, tmp, out))
+            served = (tmp / MODEL_DIR, None)
     else:
         files.update(_save_full(model, tokenizer, tmp, out))
-    return files
+        served = (tmp / MODEL_DIR, None)
+    check = None
+    if served is not None:
+        import torch
+
+        check = serving_check(served[0], config["serving_samples"], spec.evaluation.max_new_tokens, served[1],
+                              stop_token_ids=stops, device="cuda" if torch.cuda.is_available() else "cpu")
+        if not check.passed:
+            log.warning("the exported model does not serve as trained: %s", check.to_wire())
+    return files, check.to_wire() if check is not None else None
 
 
 def merged_model(model: Any, spec: Any, tokenizer: Any, model_dir: Path, tmp: Path, dtype: str) -> Any:
