@@ -1,4 +1,4 @@
-"""Packing: best-fit decreasing, per-example positions, and exactness against unpacked batches on a real model."""
+"""The collators: packed rows with per-example positions, exact against padded batches on a real model."""
 
 from __future__ import annotations
 
@@ -11,41 +11,11 @@ from data_helpers import write_jsonl
 
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import (
-    IGNORE_INDEX,
     Example,
     PackedCollator,
     PaddedCollator,
-    length_grouped_batches,
-    pack_examples,
     prepare_dataset,
 )
-
-
-def ex(n: int, first: int = 10) -> Example:
-    ids = list(range(first, first + n))
-    return Example(ids, ids, [], "")
-
-
-def test_best_fit_decreasing() -> None:
-    examples = [ex(n, first=100 * n) for n in (3, 5, 1, 4, 2, 3)]
-    packs = pack_examples(examples, 8)
-    # Sorted 5,4,3,3,2,1: 5+3 fill one pack, 4+3+1 another, 2 opens the third: the minimum for 18 tokens in 8s.
-    assert [p.seq_lengths for p in packs] == [[5, 3], [4, 3, 1], [2]]
-    assert sorted(t for p in packs for t in p.input_ids) == sorted(t for e in examples for t in e.input_ids)
-    first = packs[1]
-    assert first.position_ids == [0, 1, 2, 3, 0, 1, 2, 0]
-    assert first.labels == [IGNORE_INDEX, 401, 402, 403, IGNORE_INDEX, 301, 302, IGNORE_INDEX]
-    with pytest.raises(ValueError, match="cannot be packed"):
-        pack_examples([ex(9)], 8)
-
-
-def test_length_grouped_batches_are_seeded_and_complete() -> None:
-    lengths = [(i * 37) % 101 for i in range(300)]
-    batches = length_grouped_batches(lengths, 8, seed=1)
-    assert sorted(i for b in batches for i in b) == list(range(300))
-    assert batches == length_grouped_batches(lengths, 8, seed=1) != length_grouped_batches(lengths, 8, seed=2)
-    spread = sum(max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches) / len(batches)
-    assert spread < 10  # sorted inside megabatches: a batch holds similar lengths (random batches: ~80)
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +40,14 @@ def examples(tiny_tokenizer: Any, tmp_path_factory: pytest.TempPathFactory) -> l
 
 def test_packed_and_unpacked_losses_agree(model: Any, tiny_tokenizer: Any, examples: list[Example]) -> None:
     padded = PaddedCollator(tiny_tokenizer.pad_token_id)(examples)
-    packs = pack_examples(examples, 256)
-    assert 1 < len(packs) < len(examples)
-    packed = PackedCollator()(packs)
+    packed = PackedCollator()(examples)
     assert packed["input_ids"].shape == (1, sum(len(e.input_ids) for e in examples))
     assert "attention_mask" not in packed  # padding-free: boundaries come from position_ids alone
     assert packed["use_cache"] is False
     with torch.no_grad():
         loss_padded = model(**padded).loss.item()
         loss_packed = model(**packed).loss.item()
-        loss_flat = model(**PackedCollator()(examples)).loss.item()
     assert loss_packed == pytest.approx(loss_padded, abs=1e-5)
-    assert loss_flat == pytest.approx(loss_padded, abs=1e-5)
 
 
 def test_attention_does_not_cross_examples(model: Any, examples: list[Example]) -> None:

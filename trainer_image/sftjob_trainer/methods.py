@@ -144,10 +144,3 @@ def apply_method(model: Any, method: MethodSpec, model_dir: str, gradient_checkp
     except ValueError as err:
         field = "spec.method.lora.targetModules"
         raise TrainerError("InvalidSpec", f"method.lora.targetModules: {err}", field) from None
-
-
-def count_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, total) parameter counts."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    total = sum(p.numel() for p in model.parameters())
-    return trainable, total

@@ -1,7 +1,7 @@
 """The data pipeline: formats, chat templates, verified loss masks, length policy, packing, quality and preflight.
 
-The trainer calls `prepare_dataset` once, then `pack_examples` with `PackedCollator`, or
-`PaddedCollator` with `length_grouped_batches`. A weighted mixture of sources (`dataset.train.sources`) is
+The trainer calls `prepare_dataset` once, then batches the examples with `PackedCollator` (padding-free rows) or
+`PaddedCollator` (the Trainer's length-grouped sampler). A weighted mixture of sources (`dataset.train.sources`) is
 drawn inside `prepare_dataset`; `mixture.per_source_eval_loss` scores its held-out examples per source.
 `sftjob data inspect` and `sftjob validate` use `analyze` on data read with `read_training_data`.
 """
@@ -9,13 +9,7 @@ drawn inside `prepare_dataset`; `mixture.per_source_eval_loss` scores its held-o
 from sftjob_trainer.data.cache import DataCache
 from sftjob_trainer.data.errors import DataError, Problem
 from sftjob_trainer.data.formats import SCHEMAS, Conversation, Message
-from sftjob_trainer.data.packing import (
-    Pack,
-    PackedCollator,
-    PaddedCollator,
-    length_grouped_batches,
-    pack_examples,
-)
+from sftjob_trainer.data.packing import PackedCollator, PaddedCollator
 from sftjob_trainer.data.pipeline import (
     Example,
     PreparedData,
@@ -38,7 +32,6 @@ __all__ = [
     "DataReport",
     "Example",
     "Message",
-    "Pack",
     "PackedCollator",
     "PaddedCollator",
     "PreparedData",
@@ -47,8 +40,6 @@ __all__ = [
     "SourceData",
     "analyze",
     "encode_conversations",
-    "length_grouped_batches",
-    "pack_examples",
     "prepare_dataset",
     "read_dataset",
     "read_training_data",

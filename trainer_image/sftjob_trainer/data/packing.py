@@ -1,6 +1,7 @@
-"""Packing (best-fit decreasing, padding-free) and the batch collators of the trainer.
+"""The batch collators of the trainer: packed (padding-free) and padded.
 
-A pack holds several examples back to back; `position_ids` restart at 0 for every example, which
+`PackedCollator` puts a micro-batch's examples back to back in one row; `position_ids` restart at 0 for every
+example, which
 transformers turns into a block-diagonal (per-example) causal mask for SDPA/flex attention and
 into varlen boundaries for flash attention, so attention never crosses examples. The first label
 of each packed example is -100: in a pack it would be predicted from the previous example's last
@@ -9,76 +10,10 @@ token, which an unpacked batch never does, so packed and unpacked losses are the
 
 from __future__ import annotations
 
-import bisect
-import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
-from sftjob_trainer.data.pipeline import Example
 from sftjob_trainer.data.tokens import IGNORE_INDEX
-
-# Sorting is local to megabatches of this many batches, so length grouping still shuffles across the epoch.
-MEGABATCH_FACTOR = 50
-
-
-@dataclass
-class Pack:
-    """Examples concatenated into one sequence of at most `max_length` tokens."""
-
-    input_ids: list[int] = field(default_factory=list)
-    """Concatenated token ids."""
-    labels: list[int] = field(default_factory=list)
-    """Concatenated labels; the first token of every example is -100."""
-    position_ids: list[int] = field(default_factory=list)
-    """0..len-1 for every example, restarting at each boundary."""
-    seq_lengths: list[int] = field(default_factory=list)
-    """Length of each example, in order."""
-
-    def __len__(self) -> int:
-        return len(self.input_ids)
-
-    def add(self, input_ids: Sequence[int], labels: Sequence[int]) -> None:
-        """Append one example."""
-        self.input_ids.extend(input_ids)
-        self.labels.append(IGNORE_INDEX)
-        self.labels.extend(labels[1:])
-        self.position_ids.extend(range(len(input_ids)))
-        self.seq_lengths.append(len(input_ids))
-
-
-def pack_examples(examples: Sequence[Example], max_length: int) -> list[Pack]:
-    """Best-fit-decreasing bin packing of examples into packs of at most `max_length` tokens.
-
-    Args:
-        examples: Tokenized examples, each at most `max_length` long.
-        max_length: Capacity of a pack in tokens.
-
-    Returns:
-        The packs, fullest first.
-
-    Raises:
-        ValueError: When an example is longer than `max_length` or empty.
-    """
-    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids), reverse=True)
-    packs: list[Pack] = []
-    # Remaining capacity of each open pack, ascending, with the pack index as a tiebreaker.
-    free: list[tuple[int, int]] = []
-    for i in order:
-        ex = examples[i]
-        size = len(ex.input_ids)
-        if size == 0 or size > max_length:
-            raise ValueError(f"example of {size} tokens cannot be packed into {max_length}")
-        slot = bisect.bisect_left(free, (size, -1))
-        if slot < len(free):
-            room, index = free.pop(slot)
-        else:
-            room, index = max_length, len(packs)
-            packs.append(Pack())
-        packs[index].add(ex.input_ids, ex.labels)
-        if room - size > 0:
-            bisect.insort(free, (room - size, index))
-    return packs
 
 
 def _get(item: Any, key: str) -> Any:
@@ -92,7 +27,7 @@ def _positions(item: Any) -> list[int]:
 
 
 class PackedCollator:
-    """Flattens a list of packs or examples into one padding-free row: tensors of shape [1, T].
+    """Flattens a batch of examples into one padding-free row: tensors of shape [1, T].
 
     Returns input_ids, labels and position_ids (restarting per example), and `use_cache=False`:
     transformers derives the per-example mask from position_ids only when the forward pass builds
@@ -105,7 +40,7 @@ class PackedCollator:
         self.flash_kwargs = flash_kwargs
 
     def __call__(self, items: Sequence[Any]) -> dict[str, Any]:
-        """Collate `items` (Pack, Example, or dicts with input_ids/labels[/position_ids])."""
+        """Collate `items` (Examples, or dicts with input_ids/labels[/position_ids])."""
         import torch
 
         ids: list[int] = []
@@ -157,21 +92,3 @@ class PaddedCollator:
             mask.append([1] * len(item_ids) + [0] * pad)
         return {"input_ids": torch.tensor(ids, dtype=torch.long), "labels": torch.tensor(labels, dtype=torch.long),
                 "attention_mask": torch.tensor(mask, dtype=torch.long)}
-
-
-def length_grouped_batches(lengths: Sequence[int], batch_size: int, seed: int) -> list[list[int]]:
-    """Batches of indexes with similar lengths (little padding), in a seeded random order.
-
-    Indexes are shuffled, cut into megabatches of MEGABATCH_FACTOR batches, sorted by length inside
-    each megabatch and split into batches; the batch order is shuffled again.
-    """
-    rng = random.Random(seed)  # noqa: S311 - a seeded shuffle, not cryptography
-    order = list(range(len(lengths)))
-    rng.shuffle(order)
-    mega = batch_size * MEGABATCH_FACTOR
-    batches: list[list[int]] = []
-    for first in range(0, len(order), mega):
-        chunk = sorted(order[first:first + mega], key=lambda i: lengths[i], reverse=True)
-        batches.extend(chunk[j:j + batch_size] for j in range(0, len(chunk), batch_size))
-    rng.shuffle(batches)
-    return batches
