@@ -3,8 +3,8 @@
 A packed row holds several examples back to back, with `position_ids` restarting at 0 for each.
 Transformers' SDPA path turns that into a dense block-diagonal mask over the whole row, so it
 computes T² attention scores (and SDPA cannot use its causal fast path with a mask) although
-only ΣLᵢ² are useful: measured here 3.2x the useful attention work on long-tailed data
-(the workplace's shared/reference/perf-calibration). `varlen_sdpa` instead runs causal SDPA on each
+only ΣLᵢ² are useful: measured 3.2x the useful attention work on long-tailed data (bench/RESULTS.md
+measures varlen against the stock masked SDPA). `varlen_sdpa` instead runs causal SDPA on each
 example's slice — what flash-attention's varlen kernel does on GPU, without needing it.
 
 Registered as the attention implementation `"sftjob_varlen_sdpa"`:

@@ -1,8 +1,8 @@
 """Test-only fault injection: environment hooks the reliability tests set on the driver. Never set in production.
 
-Every hook is inert unless its variable is set. The driver reads the variables (`hooks_from_env`) and passes
-what it found to the Ray Train workers in their config, because the workers do not see the driver's
-environment (only the Ray job's runtime environment).
+Every hook is inert unless its variable is set. The driver reads the variables (`kill_driver_hook`,
+`oom_at_step`, `kill_worker_hook`) and passes what it found to the Ray Train workers in their config, because
+the workers do not see the driver's environment (only the Ray job's runtime environment).
 
 - `SFTJOB_FAULT_KILL_DRIVER_AT_STEP=N`: rank 0 SIGKILLs the driver process after optimizer step N, as a lost
   head node would (acted on in `sftjob_trainer.worker`'s progress callback).
