@@ -8,7 +8,7 @@ Two model shapes built from a config (random init, no hub): Llama-3.2-1B (hidden
 layers, 14 heads, 2 KV heads, MLP 4864, vocab 151936, tied). Synthetic long-tailed prompt/completion
 data (lognormal lengths, median 512, p95 1536 tokens, maxSeqLength 2048), packed as `sftjob run`
 packs it. For each shape, {LoRA, full} x {Liger on, off} trains a fixed number of steps through
-`sftjob_trainer.local.build_local_trainer` (the data pipeline, resolved plan, attention and
+`sftjob_trainer.in_process.build_local_trainer` (the data pipeline, resolved plan, attention and
 SFTTrainer of a real job), each row in a fresh process, and reports after the warm-up steps:
 
 - tokens/s/GPU: all tokens fed to the model (packed rows carry no padding) per second of the timed steps;
@@ -226,7 +226,7 @@ def run_row(model_dir: Path, data: Path, method: str, liger: bool, scale: SuiteS
     import torch
 
     from sftjob_api.types import parse_sftjob
-    from sftjob_trainer.local import build_local_trainer
+    from sftjob_trainer.in_process import build_local_trainer
 
     cuda = torch.cuda.is_available()
     job = parse_sftjob({

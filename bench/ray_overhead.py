@@ -56,7 +56,7 @@ import json, sys
 from pathlib import Path
 from transformers import TrainerCallback
 from sftjob_api.types import parse_sftjob
-from sftjob_trainer.local import build_local_trainer
+from sftjob_trainer.in_process import build_local_trainer
 from sftjob_trainer.reporting import ProgressWriter
 from sftjob_trainer.worker import TokenCounter
 

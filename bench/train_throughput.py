@@ -204,7 +204,7 @@ def _ours_dataset(assets: Path) -> dict[str, Any]:
 def _ours_trainer(assets: Path, out: Path, method: str = "full", lr: float = LR) -> tuple[Any, Any, dict[str, Any]]:
     """sftjob's trainer, configured exactly as `sftjob run` does for this device, in this process."""
     from sftjob_api.types import parse_sftjob
-    from sftjob_trainer.local import build_local_trainer
+    from sftjob_trainer.in_process import build_local_trainer
 
     job = parse_sftjob({
         "apiVersion": "sftjob.dev/v1alpha1", "kind": "SFTJob", "metadata": {"name": "bench"},
