@@ -15,6 +15,7 @@ from sftjob_api.base import ApiModel, StorageUri, Text
 from sftjob_api.types import (
     CheckpointRef,
     DatasetStats,
+    DistillationStats,
     ErrorStatus,
     EvaluationStatus,
     Metrics,
@@ -101,7 +102,9 @@ class ProgressFile(ApiModel):
     """What the trainer's rank 0 writes to `progress.json` (atomically replaced)."""
 
     phase: TrainerPhase
-    """Where the trainer is."""
+    """Where the trainer is. While `Generating` (distillation), `percentage`, `tokensPerSecond` (the teacher's
+    completion tokens) and `estimatedFinishTime` describe the generation stage, and `message` reads
+    `<stage>: prompts <done>/<total>`."""
 
     attempt: int | None = Field(default=None, ge=1)
     """The attempt that wrote the file (from SFTJOB_ATTEMPT)."""
@@ -145,6 +148,10 @@ class ProgressFile(ApiModel):
 
     dataset: DatasetStats | None = None
     """Dataset statistics from preflight."""
+
+    distillation: DistillationStats | None = None
+    """What the distillation step generated and kept (`spec.distillation`): set once generation ends (a failed
+    run's stats have `complete: false`); the operator copies it to the status."""
 
     checkpoints: list[CheckpointRef] = Field(default_factory=list, max_length=100)
     """Saved checkpoints, oldest first."""

@@ -1908,7 +1908,8 @@ class SFTJobStatus(ApiModel):
     """Observed state, written by the operator only."""
 
     phase: Phase = "Pending"
-    """Pending, Validating, Queued, Initializing, Running, Exporting, Succeeded, Failed or Suspended."""
+    """Pending, Validating, Queued, Initializing, Generating (distillation), Running, Exporting, Succeeded, Failed or
+    Suspended."""
 
     observed_generation: int | None = Field(default=None, ge=0)
     """The `.metadata.generation` this status describes."""
@@ -1934,6 +1935,10 @@ class SFTJobStatus(ApiModel):
 
     dataset: DatasetStats | None = None
     """Dataset statistics from the trainer's preflight."""
+
+    distillation: DistillationStats | None = None
+    """What the distillation step generated and kept (`spec.distillation`): prompts, answers kept and dropped by
+    reason, teacher requests and tokens, the cache state."""
 
     progress: Progress | None = None
     """Training progress."""

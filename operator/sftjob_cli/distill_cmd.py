@@ -32,7 +32,7 @@ def register(commands: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from sftjob_cli.main import validate_documents
+    from sftjob_cli.common import validate_documents
     from sftjob_cli.yaml_source import SourceError, load_documents, read_text
 
     try:
@@ -104,7 +104,7 @@ def _print_stats(stats: Any, rejected_uri: str) -> None:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from sftjob_cli.main import EXIT_INTERNAL, EXIT_INVALID
+    from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID
 
     job = _load(args.file)
     if job is None:

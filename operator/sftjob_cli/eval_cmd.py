@@ -29,7 +29,7 @@ def register(commands: Any) -> None:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from sftjob_cli.main import EXIT_INVALID
+    from sftjob_cli.common import EXIT_INVALID
     from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.reevaluate import reevaluate
 
@@ -56,7 +56,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
     from transformers import TextStreamer
 
-    from sftjob_cli.main import EXIT_INVALID
+    from sftjob_cli.common import EXIT_INVALID
     from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.reevaluate import chat_reply, fetch, load_tuned
 

@@ -11,30 +11,8 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-import yaml
-
-from sftjob_cli.yaml_source import SourceError, YamlDocument, load_documents, read_text
-
-EXIT_OK = 0
-EXIT_INTERNAL = 1
-EXIT_INVALID = 2
-
-
-class _Dumper(yaml.SafeDumper):
-    """Block-style YAML with multi-line strings as literal blocks."""
-
-
-def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in data else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
-
-
-_Dumper.add_representer(str, _str_representer)
-
-
-def dump_yaml(data: object) -> str:
-    """Dump as block YAML, keys in insertion order."""
-    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, dump_yaml, validate_documents
+from sftjob_cli.yaml_source import SourceError, load_documents, read_text
 
 
 def _cmd_crd(_: argparse.Namespace) -> int:
@@ -49,31 +27,6 @@ def _cmd_reference(_: argparse.Namespace) -> int:
 
     sys.stdout.write(render_reference())
     return EXIT_OK
-
-
-def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
-    """Check every document as an SFTJob.
-
-    Args:
-        documents: The parsed documents of one file.
-        name: The file name used in messages.
-
-    Returns:
-        One `file:line: field: message` line per problem; empty when all are valid.
-    """
-    from sftjob_api.errors import check_document
-
-    lines = []
-    if not documents:
-        return [f"{name}: the file holds no YAML document"]
-    for document in documents:
-        _, problems = check_document(document.data)
-        prefix = f"document {document.index}: " if len(documents) > 1 else ""
-        for problem in problems:
-            line = document.line_of(problem.path)
-            where = f"{name}:{line}" if line else name
-            lines.append(f"{where}: {prefix}{problem.field}: {problem.message}")
-    return lines
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:

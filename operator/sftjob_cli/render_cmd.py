@@ -27,7 +27,7 @@ def register(commands: Any) -> None:
 
 def _cmd_render(args: argparse.Namespace) -> int:
     from sftjob_api.errors import check_document
-    from sftjob_cli.main import dump_yaml, validate_documents
+    from sftjob_cli.common import dump_yaml, validate_documents
     from sftjob_cli.yaml_source import SourceError, load_documents, read_text
     from sftjob_operator.rayjob import build_rayjob, check_renderable
     from sftjob_operator.settings import Settings, SettingsError

@@ -1,7 +1,8 @@
 """`sftjob run job.yaml [--output DIR]`: run an SFTJob on a local Ray cluster with a live progress bar.
 
 The same trainer as in the cluster (`sftjob_trainer.driver.run_job`); the bar follows the job's
-progress.json, which is exactly what the operator reads.
+progress.json, which is exactly what the operator reads: with `spec.distillation` it first shows `Generating`
+with the prompts answered of the total (from progress.json's message), the teacher's tokens/s and the ETA.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ def register(commands: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from sftjob_cli.main import validate_documents
+    from sftjob_cli.common import validate_documents
     from sftjob_cli.yaml_source import SourceError, load_documents, read_text
 
     try:
@@ -53,6 +54,7 @@ def _follow(output_uri: str, done: threading.Event) -> None:
 
     from sftjob_api.progress import PROGRESS_FILE, ProgressFile
     from sftjob_trainer import storage
+    from sftjob_trainer.distill.driver_step import generation_counts
     from sftjob_trainer.reporting import eta_seconds, format_duration
 
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -70,6 +72,14 @@ def _follow(output_uri: str, done: threading.Event) -> None:
             if state.metrics.eval_loss is not None:
                 details.append(f"eval {state.metrics.eval_loss:.4f}")
             eta = eta_seconds(state)
+            counts = generation_counts(state.message) if state.phase == "Generating" else None
+            if counts is not None:  # distillation: the teacher's answers, prompts done of total
+                details = [f"{state.tokens_per_second:.0f} tok/s"] if state.tokens_per_second else []
+                if eta is not None:
+                    details.append(f"ETA {format_duration(eta)}")
+                bar.update(task, description="Generating", completed=counts[0], total=counts[1],
+                           detail="  ".join(details))
+                continue
             if eta is not None and state.phase == "Running":
                 details.append(f"ETA {format_duration(eta)}")
             bar.update(task, description=state.phase, total=state.total_steps, completed=state.step,
@@ -78,7 +88,7 @@ def _follow(output_uri: str, done: threading.Event) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    from sftjob_cli.main import EXIT_INTERNAL, EXIT_INVALID
+    from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID
 
     job = _load(args.file)
     if job is None:
@@ -119,6 +129,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
         follower.join()
     metrics = result.progress.metrics
     print(f"artifacts: {result.output_uri}")
+    distilled = result.progress.distillation
+    if distilled is not None:
+        dropped = ", ".join(f"{reason} {count}" for reason, count in distilled.dropped.items()) or "none"
+        print(f"distilled: {distilled.kept} of {distilled.responses} teacher answers kept (dropped: {dropped}); "
+              f"{distilled.requests} requests, {distilled.cached_requests} cached, in {distilled.uri}")
     print(f"steps: {result.progress.step}/{result.progress.total_steps}  train loss: {metrics.train_loss}  "
           f"eval loss: {metrics.eval_loss}  token accuracy: {metrics.token_accuracy}")
     evaluation = result.progress.evaluation

@@ -22,9 +22,9 @@ from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
 from sftjob_api.types import GROUP, PLURAL, VERSION
-from sftjob_operator.rbac import required_rbac_rules, requires
+from sftjob_operator.rbac import requires
 
-__all__ = ["ApiError", "KubeClient", "required_rbac_rules"]
+__all__ = ["ApiError", "KubeClient"]
 
 ApiError = ApiException
 """What a failed call raises (the client's exception), for callers that treat a call as optional."""

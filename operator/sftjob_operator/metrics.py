@@ -6,7 +6,18 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-PHASES = ("Pending", "Validating", "Queued", "Initializing", "Running", "Exporting", "Succeeded", "Failed", "Suspended")
+PHASES = (
+    "Pending",
+    "Validating",
+    "Queued",
+    "Initializing",
+    "Generating",
+    "Running",
+    "Exporting",
+    "Succeeded",
+    "Failed",
+    "Suspended",
+)
 
 JOBS = Gauge("sftjob_jobs", "SFTJobs seen by this operator, by phase.", ["phase"])
 RECONCILE_SECONDS = Histogram(

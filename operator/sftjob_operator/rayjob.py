@@ -10,12 +10,18 @@ How the trainer is started (the contract with `sftjob_trainer`):
   containers (`apiVersion`, `kind`, `metadata.name`/`namespace`, `spec`), and the attempt number in
   `SFTJOB_ATTEMPT`; the trainer resumes from the latest checkpoint by itself
   (`spec.checkpointing.resumeFrom: latest`);
-- credentials come only from the Secrets named by a `secretRef` (`evaluation.judge`, `tracking.mlflow`,
-  `tracking.wandb`, `model`, `dataset`, `output`), through `envFrom`: each Secret's keys as they are (in
-  that order: a later Secret wins a clash, so storage credentials win), and again with a per-role prefix
-  (`SFTJOB_JUDGE_`, `SFTJOB_MLFLOW_`, `SFTJOB_WANDB_`, `SFTJOB_MODEL_`, `SFTJOB_DATASET_`, `SFTJOB_OUTPUT_`)
-  so that the trainer can tell e.g. the dataset's AWS keys from the output's. Nothing goes into
-  `runtimeEnvYAML` (Ray shows it on its dashboard).
+- credentials come only from the Secrets named by a `secretRef` (`tracking.mlflow`, `tracking.wandb`,
+  `model`, `dataset`, `output`), through `envFrom`: each Secret's keys as they are (in that order: a later
+  Secret wins a clash, so storage credentials win), and again with a per-role prefix (`SFTJOB_MLFLOW_`,
+  `SFTJOB_WANDB_`, `SFTJOB_MODEL_`, `SFTJOB_DATASET_`, `SFTJOB_OUTPUT_`) so that the trainer can tell e.g.
+  the dataset's AWS keys from the output's. Nothing goes into `runtimeEnvYAML` (Ray shows it on its dashboard);
+- the two OpenAI-compatible services are the exception, so that one's key never reaches the other's endpoint:
+  the distillation teacher's Secret (`distillation.teacher.secretRef`) and the judge's
+  (`evaluation.judge.secretRef`) are not in `envFrom`. Their key `OPENAI_API_KEY` alone becomes
+  `SFTJOB_TEACHER_API_KEY` and `SFTJOB_JUDGE_API_KEY` through a `secretKeyRef` each (not optional: a missing
+  key stops the pod with `CreateContainerConfigError`), which the trainer reads before `OPENAI_API_KEY`
+  (`sftjob_trainer.distill.api_key_from_env`, `sftjob_trainer.judge.api_key_from_env`); no pod gets a plain
+  `OPENAI_API_KEY` from them.
 """
 
 from __future__ import annotations
@@ -32,6 +38,10 @@ from sftjob_operator.settings import Settings
 ENTRYPOINT = "python -m sftjob_trainer"
 CONFIG_ENV = "SFTJOB_CONFIG"
 ATTEMPT_ENV = "SFTJOB_ATTEMPT"
+# The teacher's and the judge's key: the Secret's key, and the variables the trainer reads them from.
+TEACHER_SECRET_KEY = "OPENAI_API_KEY"
+TEACHER_KEY_ENV = "SFTJOB_TEACHER_API_KEY"
+JUDGE_KEY_ENV = "SFTJOB_JUDGE_API_KEY"
 
 LABEL_NAME = "sftjob.dev/name"
 LABEL_ATTEMPT = "sftjob.dev/attempt"
@@ -122,13 +132,13 @@ def worker_resources(job: SFTJob, settings: Settings) -> tuple[str, str]:
 def secret_names(job: SFTJob) -> dict[str, str]:
     """The Secret referenced for each role that has one.
 
-    The services first (`judge`, `mlflow`, `wandb`), then `model`, `dataset`, `output`: storage credentials win
-    a clash of plain keys in `envFrom`.
+    The services first (`mlflow`, `wandb`), then `model`, `dataset`, `output`: storage credentials win a clash
+    of plain keys in `envFrom`. The teacher's and the judge's Secrets are not among them: each reaches the pods
+    through one `secretKeyRef` (`_env`).
     """
     spec = job.spec
     tracking = spec.tracking
     refs = {
-        "judge": spec.evaluation.judge.secret_ref if spec.evaluation.judge else None,
         "mlflow": tracking.mlflow.secret_ref if tracking.mlflow else None,
         "wandb": tracking.wandb.secret_ref if tracking.wandb else None,
         "model": spec.model.secret_ref,
@@ -194,11 +204,24 @@ def _pod_security() -> dict[str, Any]:
 
 
 def _env(job: SFTJob, attempt: int) -> list[dict[str, Any]]:
-    return [
+    env: list[dict[str, Any]] = [
         {"name": CONFIG_ENV, "value": config_json(job)},
         {"name": ATTEMPT_ENV, "value": str(attempt)},
         {"name": "RAY_TRAIN_ENABLE_PRINT_PATCH", "value": "0"},
     ]
+    judge = job.spec.evaluation.judge
+    for name, secret in ((TEACHER_KEY_ENV, teacher_secret(job)),
+                         (JUDGE_KEY_ENV, judge.secret_ref.name if judge and judge.secret_ref else None)):
+        if secret is not None:
+            env.append({"name": name, "valueFrom": {"secretKeyRef": {"name": secret, "key": TEACHER_SECRET_KEY}}})
+    return env
+
+
+def teacher_secret(job: SFTJob) -> str | None:
+    """The Secret of the distillation teacher's API key (`distillation.teacher.secretRef`), if any."""
+    distillation = job.spec.distillation
+    ref = distillation.teacher.secret_ref if distillation is not None else None
+    return ref.name if ref is not None else None
 
 
 def _env_from(job: SFTJob) -> list[dict[str, Any]]:

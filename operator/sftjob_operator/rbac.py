@@ -2,8 +2,9 @@
 
 Every Kubernetes call in `kube.py` carries `@requires(apiGroup, resource, verb)`. The decorator
 records the permission in a module-level registry and counts the call (and its failures) in the
-Prometheus metrics. `required_rbac_rules()` merges that registry with what Kopf itself does for
-our handlers; the Helm chart's ClusterRole must equal it (the chart's test compares them).
+Prometheus metrics. `permissions.required_rbac_rules()` merges that registry with what Kopf itself does for
+our handlers (`policy_rules`); the Helm chart's ClusterRole must equal it (the chart's test compares them).
+This module never imports `kube.py`: the registry fills as `kube.py` is imported.
 """
 
 from __future__ import annotations
@@ -94,14 +95,12 @@ def requires(api_group: str, resource: str, verb: str) -> Callable[[F], F]:
 
 
 def declared_permissions() -> frozenset[Permission]:
-    """The permissions declared by `@requires` in `kube.py`."""
-    import sftjob_operator.kube  # noqa: F401  (importing it runs the decorators)
-
+    """The permissions declared by `@requires` so far (all of `kube.py`'s once it is imported)."""
     return frozenset(_REGISTRY)
 
 
-def required_rbac_rules() -> list[dict[str, list[str]]]:
-    """The ClusterRole rules the operator needs: one PolicyRule per (apiGroup, resource), sorted.
+def policy_rules(permissions: frozenset[Permission]) -> list[dict[str, list[str]]]:
+    """ClusterRole rules granting `permissions` and Kopf's own: one PolicyRule per (apiGroup, resource), sorted.
 
     Secrets: `get` is cluster-wide in RBAC terms (the names are the users' `secretRef`s, unknown
     in advance), but the operator reads only the Secret named in a job's `spec.output.secretRef`.
@@ -111,7 +110,7 @@ def required_rbac_rules() -> list[dict[str, list[str]]]:
         verbs sorted.
     """
     verbs: dict[tuple[str, str], set[str]] = {}
-    for group, resource, verb in declared_permissions() | KOPF_PERMISSIONS:
+    for group, resource, verb in permissions | KOPF_PERMISSIONS:
         verbs.setdefault((group, resource), set()).add(verb)
     return [
         {"apiGroups": [group], "resources": [resource], "verbs": sorted(verbs[(group, resource)])}

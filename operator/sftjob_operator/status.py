@@ -118,7 +118,9 @@ _STARTUP_CODES = {
 # still not Running this long after startupDeadlineSeconds (KubeRay, when it has the field, acts within seconds).
 STARTUP_DEADLINE_GRACE_SECONDS = 60
 # Trainer phases during which progress.json is expected to advance (not Exporting, Succeeded or Failed).
-_TRAINING_PHASES = frozenset({"Initializing", "Preparing", "Running"})
+_TRAINING_PHASES = frozenset({"Initializing", "Generating", "Preparing", "Running"})
+# Status phases of a running attempt: the `Running` condition is True with the phase as its reason.
+_ACTIVE_PHASES = ("Initializing", "Generating", "Running", "Exporting")
 _OOM_HINTS = re.compile(r"\bOOM(Killed)?\b|out of memory|OutOfMemory", re.IGNORECASE)
 _REASON_CHARS = re.compile(r"[^A-Za-z0-9_]")
 _MAX_MESSAGE = 1024
@@ -338,6 +340,8 @@ def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
         status.resolved = progress.resolved
     if progress.dataset is not None:
         status.dataset = progress.dataset
+    if progress.distillation is not None:
+        status.distillation = progress.distillation
     if progress.evaluation is not None:
         status.evaluation = progress.evaluation
     if progress.tracking is not None:
@@ -439,7 +443,7 @@ def _conditions_for(
             status.error.message if invalid and status.error else "",
         )
     ]
-    running = phase in ("Initializing", "Running", "Exporting")
+    running = phase in _ACTIVE_PHASES
     wanted.append(("Running", running, phase, message if running else ""))
     suspended_before = any(c.type == "Suspended" for c in previous.conditions)
     if phase == "Suspended" or suspended_before or (job is not None and job.spec.run_policy.suspend):
@@ -534,6 +538,8 @@ def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Eve
     name = status.ray_job.name if status.ray_job else ""
     if phase == "Running":
         return [Event("Normal", "Running", f"training on RayJob {name}")]
+    if phase == "Generating":
+        return [Event("Normal", "Generating", f"generating the training data with the teacher on RayJob {name}")]
     if phase == "Suspended":
         return [Event("Normal", "Suspended", "no Ray pods run while suspended")]
     if previous.phase == "Suspended":
@@ -896,18 +902,21 @@ def derive_status(
         if record is not None:
             record.result = "Running"
         if ray.phase == "Running":
-            exporting = (
-                progress is not None
-                and _same_attempt(progress, attempt)
-                and progress.phase in ("Exporting", "Succeeded")
-            )
-            status.phase = "Exporting" if exporting else "Running"
+            trainer = progress.phase if progress is not None and _same_attempt(progress, attempt) else None
+            if snapshot is None and previous.phase == "Generating":
+                trainer = "Generating"  # progress.json was not read this time: still generating, as last seen
+            exporting = trainer in ("Exporting", "Succeeded")
+            status.phase = "Exporting" if exporting else "Generating" if trainer == "Generating" else "Running"
+            if status.phase == "Generating":  # distillation: the teacher answers before training starts
+                before = _condition(previous, "Running")
+                reason = "Generating"
+                message = (progress.message if progress is not None else before.message if before else "") or message
             status.error = None
         else:
             status.phase = ray.phase
-        if status.phase in ("Initializing", "Running", "Exporting") and status.start_time is None:
+        if status.phase in _ACTIVE_PHASES and status.start_time is None:
             status.start_time = stamp
-        if status.phase == "Running":
+        if status.phase in ("Generating", "Running"):
             stalled, progressing = _stall(previous, policy, attempt, snapshot, now)
             if stalled is not None:
                 # A hung trainer: stop its RayJob and retry, as for any retryable failure.

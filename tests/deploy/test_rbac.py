@@ -1,6 +1,6 @@
 """The chart grants exactly the permissions the operator's code uses: no more, no less, no wildcard.
 
-`sftjob_operator.rbac.required_rbac_rules()` lists every (API group, resource, verb) the operator
+`sftjob_operator.permissions.required_rbac_rules()` lists every (API group, resource, verb) the operator
 calls, Kopf's own needs included. The chart's (Cluster)Role rules are the YAML files in
 helm/files/rbac/, which templates/rbac.yaml inserts verbatim with `.Files.Get`, so the rules parsed
 here are the rules Helm renders; `helm lint` (test_chart.py) proves the template renders.
@@ -52,7 +52,7 @@ def _rules(path: Path) -> list[dict[str, Any]]:
 
 
 def _required() -> list[dict[str, Any]]:
-    from sftjob_operator.rbac import required_rbac_rules
+    from sftjob_operator.permissions import required_rbac_rules
 
     return required_rbac_rules()
 

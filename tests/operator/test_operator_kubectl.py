@@ -70,7 +70,7 @@ async def test_kubectl_apply_examples_and_get_shows_printer_columns(
             await wait_for(lambda ns=namespace, n=name: _gone(api, ns, n), what=f"{namespace}/{name} deleted")
 
     header, *rows = table.splitlines()
-    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "METHOD", "PROGRESS", "LOSS", "ETA", "AGE"]
+    assert header.split() == ["NAMESPACE", "NAME", "PHASE", "METHOD", "PROGRESS", "LOSS", "ETA", "SCORE", "AGE"]
     assert sorted(row.split()[1] for row in rows) == sorted(name for _, name in jobs)
     running = next(row.split() for row in rows if row.split()[1] == "support-bot-lora")
     assert running[2:6] == ["Running", "lora", "25", "1.25"]

@@ -302,13 +302,14 @@ def test_service_credentials_come_first_so_storage_keys_win_a_clash() -> None:
     )
     head = containers(build_rayjob(job, 1, Settings()))[0]
     assert head["envFrom"] == [
-        {"secretRef": {"name": "judge-key"}},
         {"secretRef": {"name": "mlflow-token"}},
         {"secretRef": {"name": "data-s3"}},
-        {"prefix": "SFTJOB_JUDGE_", "secretRef": {"name": "judge-key"}},
         {"prefix": "SFTJOB_MLFLOW_", "secretRef": {"name": "mlflow-token"}},
         {"prefix": "SFTJOB_DATASET_", "secretRef": {"name": "data-s3"}},
     ]
+    # the judge's key only as its own variable: it can never reach another service's endpoint
+    assert {"name": "SFTJOB_JUDGE_API_KEY",
+            "valueFrom": {"secretKeyRef": {"name": "judge-key", "key": "OPENAI_API_KEY"}}} in head["env"]
 
 
 def test_the_manifest_shares_no_objects() -> None:

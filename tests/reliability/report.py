@@ -38,7 +38,7 @@ ELSEWHERE = (
      "tests/api/test_crd.py"),
     ("Trainer faults", "driver killed mid-run (SFTJOB_FAULT_KILL_DRIVER_AT_STEP): attempt 2 resumes from the "
      "last checkpoint and finishes", "tests/trainer/test_ray.py::test_resume_after_the_driver_is_killed"),
-    ("Security", "operator RBAC equals what its code uses (`sftjob_operator.rbac.required_rbac_rules`)",
+    ("Security", "operator RBAC equals what its code uses (`sftjob_operator.permissions.required_rbac_rules`)",
      "tests/deploy/test_rbac.py"),
     ("Security", "operator Deployment in the chart: non-root, restricted security context",
      "tests/deploy/test_chart.py"),

@@ -30,9 +30,9 @@ def test_forgetting_is_reported_and_only_an_exceeded_gate_marks_the_output(excee
     result = ForgettingResult(base_loss=2.0, tuned_loss=2.0 * ratio, ratio=ratio, tokens=500, rows=8,
                               max_forgetting=1.1, exceeded=exceeded)
     body = json.loads(manifest(JOB, _progress(result), {}, None, {}))
-    assert body["evaluation"] == {"forgetting": result.to_wire()}
+    assert body["evaluation"] == {"forgetting": result.to_wire(), "metrics": [], "tasks": []}
     assert body["degraded"] == ([{"reason": FORGETTING_EXCEEDED, "message": result.summary()}] if exceeded else [])
-    card = model_card(JOB, _progress(result), "s3://out/sft/j", True, False, (0.0, 0.0, 0))
+    card = model_card(JOB, _progress(result), "s3://out/sft/j", True, False)
     assert "## Forgetting\n\nMean token loss on 8 rows of `s3://data/reference.jsonl`" in card
     assert result.summary() in card
     assert ("> **Degraded (ForgettingExceeded)**" in card) is exceeded
@@ -41,5 +41,5 @@ def test_forgetting_is_reported_and_only_an_exceeded_gate_marks_the_output(excee
 def test_without_a_reference_set_nothing_is_reported() -> None:
     body = json.loads(manifest(JOB, _progress(None), {}, None, {}))
     assert (body["evaluation"], body["degraded"]) == (None, [])
-    card = model_card(JOB, _progress(None), "s3://out/sft/j", True, False, (0.0, 0.0, 0))
+    card = model_card(JOB, _progress(None), "s3://out/sft/j", True, False)
     assert "Forgetting" not in card and "Degraded" not in card

@@ -171,6 +171,13 @@ def test_wilson_interval(successes: float, total: int, low: float, high: float) 
 
 
 def test_api_key_from_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftjob_operator.rayjob import JUDGE_KEY_ENV
+
+    monkeypatch.delenv(JUDGE_KEY_ENV, raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-local")
+    monkeypatch.setenv(JUDGE_KEY_ENV, "sk-from-secret")  # the operator's variable wins (judge.secretRef)
+    assert api_key_from_env() == "sk-from-secret"
+    monkeypatch.delenv(JUDGE_KEY_ENV)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-from-secret")
     assert api_key_from_env() == "sk-from-secret"
     monkeypatch.setenv("OPENAI_API_KEY", "")

@@ -73,12 +73,18 @@ def s3_two_worker_run(ray_cluster: None, s3_server: Any, tiny_model_dir: Path, c
         bucket = s3_server.create_bucket("sft-it")
         _upload_tree(tiny_model_dir, f"{bucket}/models/tiny")
         _upload_tree(copy_data, f"{bucket}/data")
+        # An lm-eval multiple-choice task read from S3, scored on rank 0 before and after training.
+        task = "".join(json.dumps({"input": f"Repeat after me: {w}\n", "choices": [w, "seven"], "label": 0}) + "\n"
+                       for w in ("red", "cat", "tree"))
+        storage.write_bytes(f"{bucket}/data/repeat_task.jsonl", task.encode())
         doc = job_document("two-workers", f"{bucket}/models/tiny", f"{bucket}/data/train.jsonl",
                            f"{bucket}/data/validation.jsonl", f"{bucket}/out",
                            compute={"numWorkers": 2}, hyperparameters={"maxSteps": STEPS, "batchSize": GLOBAL_BATCH,
                                                                        "evalInterval": 2},
                            output={"mergeAdapter": True},
-                           evaluation={"metrics": ["exact_match", "chrf"], "duringTraining": True})
+                           evaluation={"metrics": ["exact_match", "chrf"], "duringTraining": True,
+                                       "tasks": [{"name": "repeat", "uri": f"{bucket}/data/repeat_task.jsonl",
+                                                  "type": "multiple_choice"}]})
         from sftjob_api.types import parse_sftjob
 
         result = run_job(context_for(parse_sftjob(doc), 1))
@@ -125,6 +131,10 @@ def test_two_workers_on_s3(s3_two_worker_run: dict[str, Any], tiny_model_dir: Pa
     assert evaluation.metrics[0].tuned == exact and evaluation.score is not None
     assert evaluation.score.startswith(f"exact_match {exact:.2f} (base ")
     assert manifest["evaluation"]["metrics"] == [m.to_wire() for m in evaluation.metrics]
+    [task] = evaluation.tasks  # the lm-eval task on both models, with lm-eval's accuracy and its stderr
+    assert (task.task, task.metric, task.samples) == ("repeat", "acc", 3)
+    assert task.base is not None and task.tuned is not None and 0 <= task.base <= 1 and 0 <= task.tuned <= 1
+    assert task.base_stderr is not None and task.tuned_stderr is not None
     during = [r["step"] for r in s3_two_worker_run["metrics"] if "eval_task_exact_match" in r]
     assert during == [2, 4]  # evalInterval 2, on rank 0 only
     # the merged model/ is what a server loads: the exported template renders the trained prompts, every trained

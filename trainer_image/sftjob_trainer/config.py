@@ -6,12 +6,13 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
 from sftjob_api.errors import describe_validation_error
 from sftjob_api.progress import job_output_uri
-from sftjob_api.types import SFTJob, parse_sftjob
+from sftjob_api.types import DISTILLED_TRAIN_URI, SFTJob, parse_sftjob
 from sftjob_trainer.errors import TrainerError
 
 CONFIG_ENV = "SFTJOB_CONFIG"
@@ -62,12 +63,32 @@ def _absolute(uri: str) -> str:
 
 
 def absolute_paths(job: SFTJob) -> SFTJob:
-    """The job with relative filesystem paths made absolute (Ray workers run in directories of their own)."""
+    """The job with relative filesystem paths made absolute (Ray workers run in directories of their own).
+
+    With `distillation`, `dataset.train.uri` is the reserved name `distilled` (the teacher's answers), never a
+    path: it stays as it is, and the prompts and seed-task files are made absolute instead.
+    """
     spec = job.spec
     dataset = spec.dataset.with_uris(_absolute)  # the training file or every mixture source, and the validation
+    update: dict[str, Any] = {}
+    if spec.distillation is not None:
+        if spec.dataset.train.uri == DISTILLED_TRAIN_URI:
+            dataset = dataset.model_copy(update={"train": spec.dataset.train})
+        prompts = spec.distillation.prompts
+        if prompts.uri is not None:
+            prompts = prompts.model_copy(update={"uri": _absolute(prompts.uri)})
+        if prompts.generate is not None:
+            grow = prompts.generate.model_copy(update={"seed_tasks": _absolute(prompts.generate.seed_tasks)})
+            prompts = prompts.model_copy(update={"generate": grow})
+        update["distillation"] = spec.distillation.model_copy(update={"prompts": prompts})
+    evaluation = spec.evaluation
+    tasks = [t.model_copy(update={"uri": _absolute(t.uri)}) if t.uri else t for t in evaluation.tasks]
+    reference = (evaluation.reference.model_copy(update={"uri": _absolute(evaluation.reference.uri)})
+                 if evaluation.reference else None)
+    update["evaluation"] = evaluation.model_copy(update={"tasks": tasks, "reference": reference})
     model = spec.model.model_copy(update={"source": _absolute(spec.model.source)})
     output = spec.output.model_copy(update={"uri": _absolute(spec.output.uri)})
-    new_spec = spec.model_copy(update={"dataset": dataset, "model": model, "output": output})
+    new_spec = spec.model_copy(update={"dataset": dataset, "model": model, "output": output, **update})
     return job.model_copy(update={"spec": new_spec})
 
 

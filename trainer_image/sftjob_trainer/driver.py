@@ -1,5 +1,8 @@
 """The driver of one job: preflight, data prepared once, Ray Train `TorchTrainer`, then export.
 
+With `spec.distillation`, the teacher's answers are generated first (phase `Generating`, on the job's Ray
+cluster: `sftjob_trainer.distill.driver_step`), after the model and method checks, and the job trains on them.
+
 Used by `python -m sftjob_trainer` (in the RayJob) and by `sftjob run` (on a local Ray cluster).
 """
 
@@ -218,9 +221,7 @@ def plan_job(ctx: JobContext, prepared: Any, tokenizer: Any, model_dir: Path) ->
     spec = ctx.job.spec
     cuda = spec.compute.gpus_per_worker > 0
     check_device(spec.method, cuda)
-    if spec.output.merge_adapter and spec.method.type == "prompt_tuning":
-        raise TrainerError("InvalidSpec", "output.mergeAdapter: prompt tuning has no weights to merge into the base",
-                           "spec.output.mergeAdapter")
+    check_spec(spec)
     # Prompt tuning prepends virtual tokens to every row, so one packed row would share one prompt.
     batching = "packed" if spec.dataset.packing and spec.method.type != "prompt_tuning" else "length_grouped"
     rows, _ = sequences(prepared)
@@ -350,6 +351,14 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
     if storage.delete_file(storage.join(ctx.output_uri, MANIFEST_FILE)):
         log.warning("%s held a finished run's manifest.json; it is removed until this run completes", ctx.output_uri)
     writer.set_phase("Initializing", "starting")
+    job_ctx, local_cluster = ctx, None
+    if spec.distillation is not None:  # the model and method are checked, and Ray started, before the teacher is paid
+        from sftjob_trainer.distill.driver_step import generate_training_data
+
+        check_model(ctx)
+        local_cluster = start_ray(spec, ray_address, interruption)
+        ctx = generate_training_data(ctx, writer)  # trains on <output>/data/distilled.jsonl
+        spec = ctx.job.spec
     prepared, tokenizer, model_dir = prepare(ctx, writer)
     # Read in the preflight, so a bad reference set fails before any worker starts.
     reference = reference_rows(spec, tokenizer, prepared.max_seq_length) if spec.evaluation.reference else None
@@ -370,12 +379,9 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
     sft_args = training_arguments(spec, plan, "unused")
     sft_args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
     # Ray only after the preflight: bad input fails without starting a cluster, also in an in-process caller.
-    local_cluster = not ray.is_initialized() and init_ray(ray_address)
-    interruption.install()  # again: ray.init replaced the SIGTERM handler (sftjob_trainer.interrupts)
+    if local_cluster is None:
+        local_cluster = start_ray(spec, ray_address, interruption)
     cpus_per_worker = worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers)
-    if local_cluster:  # Ray Train would wait for ever for workers a cluster of one machine cannot place
-        check_resources(ray.cluster_resources(), spec.compute.num_workers, cpus_per_worker,
-                        spec.compute.gpus_per_worker)
     storage_path, filesystem = checkpoint_storage(ctx.output_uri)
     resume_from = spec.checkpointing.resume_from
     config = {
@@ -434,7 +440,41 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
         raise TrainerError("WorkerCrashed", f"training failed: {type(err).__name__}: {err}"[:2000]) from err
     if result.return_value is None:  # rank 0 returns its exported files and forgetting; fit() raised if it failed
         raise TrainerError("WorkerCrashed", "training finished but rank 0 reported no exported files")
-    return export(ctx, result.return_value, writer, model_dir, config["samples"])
+    return export(job_ctx, result.return_value, writer, model_dir, config["samples"])
+
+
+def check_model(ctx: JobContext) -> None:
+    """The checks of the preflight that need no data: the base model and tokenizer load, the method fits the device.
+
+    Raises:
+        TrainerError: ModelUnreadable (or a storage code), InvalidSpec or UnsupportedDevice.
+    """
+    from sftjob_trainer.model_loading import load_tokenizer, resolve_model_dir
+
+    spec = ctx.job.spec
+    load_tokenizer(resolve_model_dir(spec.model), spec.model)
+    check_device(spec.method, spec.compute.gpus_per_worker > 0)
+    check_spec(spec)
+
+
+def check_spec(spec: Any) -> None:
+    """Combinations the API accepts but training cannot do."""
+    if spec.output.merge_adapter and spec.method.type == "prompt_tuning":
+        raise TrainerError("InvalidSpec", "output.mergeAdapter: prompt tuning has no weights to merge into the base",
+                           "spec.output.mergeAdapter")
+
+
+def start_ray(spec: Any, ray_address: str | None, interruption: Interruption) -> bool:
+    """Join or start Ray; on a cluster started here, check that the workers fit. Returns whether it started one."""
+    import ray
+
+    local_cluster = not ray.is_initialized() and init_ray(ray_address)
+    interruption.install()  # again: ray.init replaced the SIGTERM handler (sftjob_trainer.interrupts)
+    if local_cluster:  # Ray Train would wait for ever for workers a cluster of one machine cannot place
+        check_resources(ray.cluster_resources(), spec.compute.num_workers,
+                        worker_cpus(spec.compute.cpus_per_worker, spec.compute.num_workers),
+                        spec.compute.gpus_per_worker)
+    return bool(local_cluster)
 
 
 def worker_cpus(requested: int, num_workers: int) -> int:
@@ -460,7 +500,8 @@ def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_di
            samples: list[Sample]) -> RunResult:
     """Score the answers, ask the judge, write the evaluation and manifest.json (last) next to what rank 0 saved.
 
-    The files: eval_samples.jsonl, eval_report.md, loss.png (and eval_metrics.png), README.md, manifest.json.
+    The files: eval_samples.jsonl, eval_report.md, loss.png (and eval_metrics.png), README.md, manifest.json;
+    it also lists data/distilled.jsonl and its stats and rejects when the job distilled its data.
 
     Raises:
         TrainerError: ForgettingExceeded with `evaluation.onForgetting: fail` (progress.json carries the figure).
@@ -503,6 +544,10 @@ def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_di
     publish(MODEL_CARD_FILE, model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
                                         spec.output.merge_adapter, gguf).encode())
     files[METRICS_FILE] = describe_bytes(storage.read_bytes(storage.join(ctx.output_uri, METRICS_FILE)))
+    if progress.distillation is not None:  # data/distilled.jsonl, its rejects and stats
+        from sftjob_trainer.distill.driver_step import manifest_files
+
+        files.update(manifest_files(ctx.output_uri, progress.distillation))
     final_metrics = _final_metrics(progress.metrics, metrics)
     write_manifest(ctx.output_uri, manifest(ctx.job, progress, files, spec.model.revision, final_metrics, gguf,
                                             rank0.serving))

@@ -22,7 +22,6 @@ from typing import Any
 from sftjob_api.types import ModelSpec
 from sftjob_trainer import storage
 from sftjob_trainer.errors import TrainerError
-from sftjob_trainer.model_loading import hub_file
 
 # Written into a converted directory: the GGUF file it was made from (see GgufOrigin).
 ORIGIN_FILE = "sftjob-gguf.json"
@@ -124,13 +123,13 @@ def inspect(path: Path, source: str) -> GgufOrigin:
 
 
 def fetch(spec: ModelSpec, cache: Path) -> Path:
-    """The GGUF file of `spec` on local disk: the path itself, a download from s3://, or from the Hub.
+    """The GGUF file of `spec` on local disk: the path itself, or a download from s3://.
+
+    A file in an `hf://` repository comes through `model_loading.hub_file`, with the rest of the Hub's handling.
 
     Raises:
-        TrainerError: ModelUnreadable when the file is missing, or a storage/Hub error code.
+        TrainerError: ModelUnreadable when the file is missing, or a storage error code.
     """
-    if spec.source.startswith("hf://"):
-        return hub_file(spec, str(spec.gguf_file))
     if storage.is_s3(spec.source):
         target = cache / "files" / hashlib.sha256(spec.source.encode()).hexdigest()[:16] / Path(spec.source).name
         if not target.is_file():

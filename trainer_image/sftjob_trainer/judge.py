@@ -34,7 +34,8 @@ from sftjob_api.types import JudgeResult, JudgeSpec
 
 log = logging.getLogger(__name__)
 
-API_KEY_ENV: Final = "OPENAI_API_KEY"
+# Where the judge's key is read from: the operator's variable for `judge.secretRef`, else the usual one (local runs).
+API_KEY_ENVS: Final = ("SFTJOB_JUDGE_API_KEY", "OPENAI_API_KEY")
 DEFAULT_RUBRIC: Final = "helpfulness, correctness and faithfulness to the reference answer"
 # Room for a judge that explains before its verdict line; a verdict alone takes a few tokens.
 DEFAULT_MAX_TOKENS: Final = 512
@@ -89,8 +90,11 @@ class JudgeItem:
 
 
 def api_key_from_env() -> str | None:
-    """The judge's API key from `OPENAI_API_KEY` (the key of `judge.secretRef`), or None when unset or empty."""
-    return os.environ.get(API_KEY_ENV) or None
+    """The judge's API key, or None when unset or empty.
+
+    `SFTJOB_JUDGE_API_KEY` (the operator maps `judge.secretRef`'s `OPENAI_API_KEY` to it), else `OPENAI_API_KEY`.
+    """
+    return next((os.environ[name] for name in API_KEY_ENVS if os.environ.get(name)), None)
 
 
 def judge_pairwise(spec: JudgeSpec, items: Sequence[JudgeItem], api_key: str | None = None, *,

@@ -124,7 +124,8 @@ def _gguf_model_dir(spec: ModelSpec) -> Path:
     """A `save_pretrained` directory converted from the GGUF file of `spec` (once per node and file content)."""
     from sftjob_trainer import gguf_model
 
-    path = gguf_model.fetch(spec, cache_root() / "gguf")
+    path = (hub_file(spec, str(spec.gguf_file)) if spec.source.startswith("hf://")
+            else gguf_model.fetch(spec, cache_root() / "gguf"))
 
     def fill(directory: Path) -> None:
         # Checked only before a conversion: reading the header costs seconds (a 49k-token vocabulary is parsed).

@@ -8,11 +8,10 @@ drawn inside `prepare_dataset`; `mixture.per_source_eval_loss` scores its held-o
 
 from sftjob_trainer.data.cache import DataCache
 from sftjob_trainer.data.errors import DataError, Problem
+from sftjob_trainer.data.examples import Example, PreparedData
 from sftjob_trainer.data.formats import SCHEMAS, Conversation, Message
 from sftjob_trainer.data.packing import PackedCollator, PaddedCollator
 from sftjob_trainer.data.pipeline import (
-    Example,
-    PreparedData,
     analyze,
     encode_conversations,
     prepare_dataset,

@@ -37,7 +37,7 @@ from sftjob_trainer.data.report import DataReport, Sample, SourceReport
 from sftjob_trainer.data.tokens import ByteTokenizer
 
 if TYPE_CHECKING:
-    from sftjob_trainer.data.pipeline import Example, PreparedData
+    from sftjob_trainer.data.examples import Example, PreparedData
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def write_entry(entry_uri: str, key: str, prepared: PreparedData) -> None:
 
 
 def _read_entry(entry_uri: str, key: str) -> PreparedData:
-    from sftjob_trainer.data.pipeline import PreparedData
+    from sftjob_trainer.data.examples import PreparedData
 
     raw = storage.read_bytes(storage.join(entry_uri, ENTRY_FILE))
     try:
@@ -246,7 +246,7 @@ def _from_parquet(data: bytes) -> list[Example]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from sftjob_trainer.data.pipeline import Example
+    from sftjob_trainer.data.examples import Example
 
     try:
         table = pq.read_table(io.BytesIO(data))

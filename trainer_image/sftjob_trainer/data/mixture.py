@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 from sftjob_api.types import DatasetStats, MixtureSource
 
 if TYPE_CHECKING:
-    from sftjob_trainer.data.pipeline import Example
+    from sftjob_trainer.data.examples import Example
 
 # A `samples` source reads shards until it has this many times the rows it needs (before the validation
 # hold-out), so rows dropped by the quality filter and de-duplication rarely leave it short.

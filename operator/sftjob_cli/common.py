@@ -1,0 +1,56 @@
+"""What every `sftjob` command shares: exit codes, YAML output, SFTJob document checks.
+
+The commands import this module, never `main.py` (which imports the commands): no import cycle.
+"""
+
+from __future__ import annotations
+
+import yaml
+
+from sftjob_cli.yaml_source import YamlDocument
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_INVALID = 2
+
+
+class _Dumper(yaml.SafeDumper):
+    """Block-style YAML with multi-line strings as literal blocks."""
+
+
+def _str_representer(dumper: yaml.SafeDumper, data: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in data else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+
+_Dumper.add_representer(str, _str_representer)
+
+
+def dump_yaml(data: object) -> str:
+    """Dump as block YAML, keys in insertion order."""
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=100)
+
+
+def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
+    """Check every document as an SFTJob.
+
+    Args:
+        documents: The parsed documents of one file.
+        name: The file name used in messages.
+
+    Returns:
+        One `file:line: field: message` line per problem; empty when all are valid.
+    """
+    from sftjob_api.errors import check_document
+
+    lines = []
+    if not documents:
+        return [f"{name}: the file holds no YAML document"]
+    for document in documents:
+        _, problems = check_document(document.data)
+        prefix = f"document {document.index}: " if len(documents) > 1 else ""
+        for problem in problems:
+            line = document.line_of(problem.path)
+            where = f"{name}:{line}" if line else name
+            lines.append(f"{where}: {prefix}{problem.field}: {problem.message}")
+    return lines
