@@ -209,3 +209,24 @@ def test_resume_after_the_driver_is_killed(ray_cluster: None, tiny_model_dir: Pa
     assert manifest["steps"] == 6 and "adapter/adapter_model.safetensors" in manifest["files"]
     for name, entry in manifest["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"], name
+
+
+def test_sftjob_eval_and_chat_reload_the_output_alone(s3_two_worker_run: dict[str, Any], s3_env: Any,
+                                                     tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from sftjob_cli.main import main
+
+    result = s3_two_worker_run["result"]
+    report = tmp_path / "again.md"
+    assert main(["eval", result.output_uri, "--report", str(report)]) == 0
+    out = capsys.readouterr().out
+    # the same metrics and lm-eval task as the job's evaluation, from manifest.json's spec and eval_samples.jsonl
+    assert [line.split(":")[0] for line in out.splitlines()[:2]] == ["exact_match", "chrf"]
+    assert "(2 prompts)" in out and "lm-eval repeat acc: base " in out
+    assert report.read_text().startswith("# Evaluation of two-workers\n")
+    turns = iter(["Repeat after me: red", ""])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(turns))
+    assert main(["chat", result.output_uri, "--max-new-tokens", "4"]) == 0
+    assert "you> " not in capsys.readouterr().err  # the prompt goes through input(), the answer streams to stdout
+    assert main(["eval", str(tmp_path / "nothing-here")]) == 2  # not an output: a clear error, exit 2
+    assert "not a finished sftjob output" in capsys.readouterr().err

@@ -202,13 +202,12 @@ def export_template(spec: Any, prepared: Any, tokenizer: Any) -> str | None:
 
 
 def serving_samples(prepared: Any) -> list[Any]:
-    """Held-out conversations for the serving check: untruncated validation rows (a cut prompt would not match)."""
+    """Held-out conversations for the serving check (untruncated validation rows: `Example.served`)."""
     import json
 
     from sftjob_trainer.serving import ServingSample
 
-    served = [(json.loads(e.served), e.prompt_ids) for e in prepared.validation
-              if e.served and len(e.input_ids) < prepared.max_seq_length]
+    served = [(json.loads(e.served), e.prompt_ids) for e in prepared.validation if e.served]
     return [ServingSample(s["messages"], list(ids), s["tools"]) for s, ids in served[:SERVING_PROMPTS]]
 
 

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 # Bump whenever the pipeline's output for the same inputs changes (formats, templates, masks, length
 # policy, filters, report fields): entries of another version are never read.
-PIPELINE_VERSION = 4
+PIPELINE_VERSION = 5
 ENTRY_FILE = "entry.json"
 ENTRY_FORMAT = "sftjob-data-cache"
 SPLITS = ("train", "validation")

@@ -30,7 +30,7 @@ class Example:
     -1 for an example of the `dataset.validation` file. Validation examples split from the training data keep
     their source, so the evaluation loss can be reported per source (`mixture.per_source_eval_loss`)."""
     served: str = ""
-    """Validation examples only: the conversation before its last answer as a server receives it, JSON
+    """Untruncated validation examples only: the conversation before its last answer as a server receives it, JSON
     `{"messages": [...], "tools": [...] | null}` (`sftjob_trainer.serving` renders it with the exported template
     and compares with `prompt_ids`); empty for training examples and rows without an assistant turn."""
 

@@ -520,9 +520,10 @@ def _build(spec: DatasetSpec, tokenizer: Any, sources: list[SourceData], val_sou
             placed.add(conv_id)
     validation: list[Example] = []
     for item in val_encoded:
-        example, _ = _apply_length(item, max_len, spec.overlong, bos_id)
+        example, outcome = _apply_length(item, max_len, spec.overlong, bos_id)
         if example is not None:
-            validation.append(replace(example, served=served_prompt(item.conversation)))
+            # A truncated prompt is not what a server would render from the conversation: no served form.
+            validation.append(replace(example, served=served_prompt(item.conversation) if outcome == "kept" else ""))
 
     left_out = [(e.conversation.line, e.conversation.messages[i].role) for e in encoded for i in e.rendered.left_out]
     for role in sorted({role for _, role in left_out}):
