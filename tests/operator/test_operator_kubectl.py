@@ -84,6 +84,7 @@ async def test_kubectl_apply_examples_and_get_shows_printer_columns(
         "PROGRESS",
         "LOSS",
         "ETA",
+        "SCORE",
         "AGE",
         "MODEL",
         "STEP",

@@ -298,11 +298,6 @@ def run_job(ctx: JobContext, ray_address: str | None = None) -> RunResult:
             _report(writer, cancelled)  # again: rank 0 may have written progress.json while it was being stopped
             raise cancelled from None
         except TrainerError as err:
-            if writer.state.phase == "Running":
-                # Rank 0 has written since the driver's copy: its checkpoints (a retry resumes from the newest) and
-                # the health guard's record (a second non-finite loss is not retried).
-                with contextlib.suppress(storage.StorageError):
-                    writer.state = writer.load_existing() or writer.state
             writer.fail(err.to_status())
             tracking.fail(ctx.job, writer.state.tracking)
             raise
@@ -433,6 +428,10 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
         trainer.abort()
         raise
     except Exception as err:
+        # Rank 0 has written since the driver's copy: its checkpoints (a retry resumes from the newest) and the
+        # health guard's record (a second non-finite loss is not retried) must survive the Failed report.
+        with contextlib.suppress(storage.StorageError):
+            writer.state = writer.load_existing() or writer.state
         found = _worker_error(err)
         if found is not None:
             raise found from None
