@@ -5,6 +5,9 @@ The commands import this module, never `main.py` (which imports the commands): n
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
 import yaml
 
 from sftjob_cli.yaml_source import YamlDocument
@@ -54,3 +57,23 @@ def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
             where = f"{name}:{line}" if line else name
             lines.append(f"{where}: {prefix}{problem.field}: {problem.message}")
     return lines
+
+
+def load_job(path: str) -> Any:
+    """The one valid SFTJob of a file, or None after printing why not (`file:line: field: message` on stderr)."""
+    from sftjob_api.types import parse_sftjob
+    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+
+    try:
+        documents = load_documents(read_text(path), path)
+    except SourceError as err:
+        print(err, file=sys.stderr)
+        return None
+    problems = validate_documents(documents, path)
+    if len(documents) != 1 and not problems:
+        problems = [f"{path}: expected exactly one SFTJob document, found {len(documents)}"]
+    for line in problems:
+        print(line, file=sys.stderr)
+    if problems:
+        return None
+    return parse_sftjob(documents[0].data)

@@ -32,24 +32,12 @@ def register(commands: Any) -> None:
 
 
 def _load(path: str) -> Any:
-    from sftjob_cli.common import validate_documents
-    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+    """The job of `path` if it is valid and has `spec.distillation`, else None (after saying why)."""
+    from sftjob_cli.common import load_job
 
-    try:
-        documents = load_documents(read_text(path), path)
-    except SourceError as err:
-        print(err, file=sys.stderr)
+    job = load_job(path)
+    if job is None:
         return None
-    problems = validate_documents(documents, path)
-    if len(documents) != 1 and not problems:
-        problems = [f"{path}: expected exactly one SFTJob document, found {len(documents)}"]
-    for line in problems:
-        print(line, file=sys.stderr)
-    if problems:
-        return None
-    from sftjob_api.types import parse_sftjob
-
-    job = parse_sftjob(documents[0].data)
     if job.spec.distillation is None:
         print(f"{path}: spec.distillation: not set, so there is nothing to generate: add a teacher and prompts "
               "(docs/distillation.md)", file=sys.stderr)

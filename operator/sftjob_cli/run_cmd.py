@@ -27,27 +27,6 @@ def register(commands: Any) -> None:
     run.set_defaults(handler=_cmd_run)
 
 
-def _load(path: str) -> Any:
-    from sftjob_cli.common import validate_documents
-    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
-
-    try:
-        documents = load_documents(read_text(path), path)
-    except SourceError as err:
-        print(err, file=sys.stderr)
-        return None
-    problems = validate_documents(documents, path)
-    if len(documents) != 1 and not problems:
-        problems = [f"{path}: expected exactly one SFTJob document, found {len(documents)}"]
-    for line in problems:
-        print(line, file=sys.stderr)
-    if problems:
-        return None
-    from sftjob_api.types import parse_sftjob
-
-    return parse_sftjob(documents[0].data)
-
-
 def _follow(output_uri: str, done: threading.Event) -> None:
     """Draw a progress bar from progress.json until `done` is set."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -88,9 +67,9 @@ def _follow(output_uri: str, done: threading.Event) -> None:
 
 def _cmd_run(args: argparse.Namespace) -> int:
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID
+    from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID, load_job
 
-    job = _load(args.file)
+    job = load_job(args.file)
     if job is None:
         return EXIT_INVALID
     from sftjob_api.progress import CANCELLED, FORGETTING_EXCEEDED, NON_RETRYABLE_CODES

@@ -227,6 +227,8 @@ def test_sftjob_eval_and_chat_reload_the_output_alone(s3_two_worker_run: dict[st
     turns = iter(["Repeat after me: red", ""])
     monkeypatch.setattr("builtins.input", lambda prompt="": next(turns))
     assert main(["chat", result.output_uri, "--max-new-tokens", "4"]) == 0
-    assert "you> " not in capsys.readouterr().err  # the prompt goes through input(), the answer streams to stdout
+    chat = capsys.readouterr().out
+    assert chat.startswith("two-workers: the fine-tuned model, as a server loads it.")
+    assert chat.count("model> ") == 1  # one turn answered, then the empty line ended the chat
     assert main(["eval", str(tmp_path / "nothing-here")]) == 2  # not an output: a clear error, exit 2
     assert "not a finished sftjob output" in capsys.readouterr().err
