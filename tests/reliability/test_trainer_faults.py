@@ -189,6 +189,12 @@ class FlakyProxy:
                         self._cut_all(keep=(client, sink))
                     tail = chunk[-256:]  # longer than any pattern: a pattern split across two reads is still seen
                 elif client in self.poisoned:
+                    interim, final = _split_interim(chunk)
+                    if not final:
+                        # "100 Continue" is not the answer: the client sends its body only after it.
+                        sink.sendall(interim)
+                        chunk = source.recv(65536)
+                        continue
                     self._reset(client)  # the server did it; the client never hears so
                     return
                 sink.sendall(chunk)
@@ -214,6 +220,15 @@ class FlakyProxy:
             self.dropped += 1
             self.triggered.set()
             return "after" if self.after_server else "before"
+
+
+def _split_interim(chunk: bytes) -> tuple[bytes, bytes]:
+    """An answer's leading interim (1xx) responses, and what follows them."""
+    interim = b""
+    while chunk.startswith(b"HTTP/1.1 1") and b"\r\n\r\n" in chunk:
+        head, chunk = chunk.split(b"\r\n\r\n", 1)
+        interim += head + b"\r\n\r\n"
+    return interim, chunk
 
 
 @pytest.fixture(scope="module")
