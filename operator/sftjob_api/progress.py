@@ -34,68 +34,8 @@ DATA_CACHE_DIR = "cache/data"
 
 TrainerPhase = Literal["Initializing", "Generating", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
 
-# The fine-tuned model lost more on the reference set than `evaluation.maxForgetting` allows: the error code
-# with `onForgetting: fail`, the reason of the `Degraded` condition with `onForgetting: degrade`. Another
-# attempt would train the same model again, so it is never retried.
-FORGETTING_EXCEEDED = "ForgettingExceeded"
-# The workers ask for more than the Ray cluster has (`sftjob run`: GPUs or CPUs this machine lacks; the operator:
-# KubeRay's pre-running deadline passed). The same request cannot be placed again, so it is never retried.
-UNSCHEDULABLE = "Unschedulable"
-# SIGINT or SIGTERM stopped the trainer (Ctrl-C, `kill`, a deleted pod). Retried: in a cluster the pod's SIGTERM
-# comes from a node drain or preemption as often as from a user, and a user stops a job by suspending or deleting
-# the SFTJob, which the operator does not retry. `sftjob run` never retries; rerunning it resumes.
-CANCELLED = "Cancelled"
-# The judge (`evaluation.judge`) stayed unreachable after its retries: the reason of a condition on a job that
-# still succeeds; the judgement is missing from the report, never the training.
-JUDGE_UNAVAILABLE = "JudgeUnavailable"
-# The distillation teacher (`distillation.teacher`) stayed unreachable (or kept failing) after its retries.
-# Retried: what was generated is kept under the output, and the next attempt continues from it.
-TEACHER_UNAVAILABLE = "TeacherUnavailable"
-
-# What the operator finds on the pods of an attempt (it lists them while the attempt starts, and now and then
-# while it runs): the reasons of the `PodsHealthy` condition and of its Warning events. The first three are also
-# error codes: an attempt whose pods were stuck on them when `runPolicy.startupDeadlineSeconds` passed fails with
-# that code (not retried: the same pods would get stuck again). An OOMKilled container makes a failure without a
-# trainer report `OutOfMemory`.
-IMAGE_PULL_BACK_OFF = "ImagePullBackOff"
-CRASH_LOOP_BACK_OFF = "CrashLoopBackOff"
-CREATE_CONTAINER_CONFIG_ERROR = "CreateContainerConfigError"
-OOM_KILLED = "OOMKilled"
-# The trainer's progress.json was not updated for `runPolicy.stallTimeoutSeconds` while the attempt ran: the
-# operator stops the attempt and retries it (a hung collective or storage call rarely repeats).
-STALLED = "Stalled"
-# The training loss or gradient norm became NaN or infinite; the trainer stopped before the optimizer applied it,
-# so every checkpoint holds finite weights. In neither set below: the trainer decides `retryable` itself, true the
-# first time in a job (a retry resumes from the last checkpoint), false once `ProgressFile.nonFiniteSteps` already
-# records an earlier occurrence (the same data and settings diverge again).
-NON_FINITE_LOSS = "NonFiniteLoss"
 # Skipped steps progress.json lists (`ProgressFile.skippedSteps`): the guard keeps the newest.
 MAX_SKIPPED_STEPS = 10000
-
-# Error codes the trainer reports; the operator retries only the retryable ones.
-NON_RETRYABLE_CODES = frozenset(
-    {
-        "InvalidSpec",
-        "InvalidDataset",
-        "DatasetUnreadable",
-        "ModelUnreadable",
-        "AccessDenied",
-        "MissingCredentials",
-        "PreflightFailed",
-        "UnsupportedDevice",
-        FORGETTING_EXCEEDED,
-        UNSCHEDULABLE,
-        IMAGE_PULL_BACK_OFF,
-        CRASH_LOOP_BACK_OFF,
-        CREATE_CONTAINER_CONFIG_ERROR,
-    }
-)
-RETRYABLE_CODES = frozenset(
-    {"NodeLost", "Preempted", "NcclTimeout", "StorageUnavailable", "WorkerCrashed", CANCELLED, STALLED,
-     TEACHER_UNAVAILABLE}
-)
-# Out of memory repeats with the same settings; retried only with runPolicy.retryOnOutOfMemory.
-OUT_OF_MEMORY = "OutOfMemory"
 
 
 class ProgressFile(ApiModel):
@@ -209,27 +149,13 @@ def job_output_uri(output_uri: str, name: str, namespace: str | None) -> Storage
 
 __all__ = [
     "ADAPTER_DIR",
-    "CANCELLED",
     "CHECKPOINTS_DIR",
-    "CRASH_LOOP_BACK_OFF",
-    "CREATE_CONTAINER_CONFIG_ERROR",
     "DATA_CACHE_DIR",
-    "FORGETTING_EXCEEDED",
-    "IMAGE_PULL_BACK_OFF",
-    "JUDGE_UNAVAILABLE",
     "MANIFEST_FILE",
     "MAX_SKIPPED_STEPS",
     "METRICS_FILE",
     "MODEL_DIR",
-    "NON_FINITE_LOSS",
-    "NON_RETRYABLE_CODES",
-    "OOM_KILLED",
-    "OUT_OF_MEMORY",
     "PROGRESS_FILE",
-    "RETRYABLE_CODES",
-    "STALLED",
-    "TEACHER_UNAVAILABLE",
-    "UNSCHEDULABLE",
     "ProgressFile",
     "format_duration",
     "job_output_uri",

@@ -72,7 +72,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     job = load_job(args.file)
     if job is None:
         return EXIT_INVALID
-    from sftjob_api.progress import CANCELLED, FORGETTING_EXCEEDED, NON_RETRYABLE_CODES
+    from sftjob_api.codes import USER_ERRORS, ErrorCode
     from sftjob_trainer.config import context_for
     from sftjob_trainer.driver import run_job
     from sftjob_trainer.errors import TrainerError
@@ -95,13 +95,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if follower is not None:
             follower.join()
         where = f" ({err.field})" if err.field else ""
-        outcome = "stopped" if err.code == CANCELLED else "failed"
+        outcome = "stopped" if err.code == ErrorCode.CANCELLED else "failed"
         print(f"sftjob run: {outcome}: {err.code}{where}: {err.message}", file=sys.stderr)
-        if err.code == CANCELLED:
+        if err.code == ErrorCode.CANCELLED:
             return EXIT_CANCELLED
         # What no rerun can fix until the user changes something is bad input: the job file, its data, model or
         # credentials, or resources this machine lacks. A forgetting gate is an outcome of the training itself.
-        return EXIT_INVALID if err.code in NON_RETRYABLE_CODES - {FORGETTING_EXCEEDED} else EXIT_INTERNAL
+        return EXIT_INVALID if err.code in USER_ERRORS else EXIT_INTERNAL
     finally:
         done.set()
     if follower is not None:

@@ -26,20 +26,20 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from sftjob_api.progress import (
-    CRASH_LOOP_BACK_OFF,
-    CREATE_CONTAINER_CONFIG_ERROR,
-    IMAGE_PULL_BACK_OFF,
-    OOM_KILLED,
-    UNSCHEDULABLE,
-)
+from sftjob_api.codes import ErrorCode, Reason
 from sftjob_operator.rayjob import LABEL_ATTEMPT, LABEL_NAME, WORKER_CONTAINER
 
 # The kubelet's waiting reasons of a container whose image cannot be pulled.
-_PULL_REASONS = frozenset({"ErrImagePull", IMAGE_PULL_BACK_OFF, "InvalidImageName"})
+_PULL_REASONS = frozenset({"ErrImagePull", ErrorCode.IMAGE_PULL_BACK_OFF, "InvalidImageName"})
 # The order in which problems are reported (the condition's reason is the first's): what blocks every pod
 # first, then what the spec can fix, then what needs the logs, then capacity.
-PRIORITY = (IMAGE_PULL_BACK_OFF, CREATE_CONTAINER_CONFIG_ERROR, OOM_KILLED, CRASH_LOOP_BACK_OFF, UNSCHEDULABLE)
+PRIORITY = (
+    ErrorCode.IMAGE_PULL_BACK_OFF,
+    ErrorCode.CREATE_CONTAINER_CONFIG_ERROR,
+    Reason.OOM_KILLED,
+    ErrorCode.CRASH_LOOP_BACK_OFF,
+    ErrorCode.UNSCHEDULABLE,
+)
 # At most this many further problems are named after the first one in a summary.
 MAX_LISTED = 5
 # While an attempt runs with pods that looked healthy, they are listed once every this many progress intervals
@@ -163,14 +163,14 @@ def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any], namesp
             "private registry, that the pods' service account (spec.compute.serviceAccountName) has an "
             "imagePullSecret for it"
         )
-        return PodProblem(IMAGE_PULL_BACK_OFF, name, container, detail, advice)
-    if waiting_reason == CREATE_CONTAINER_CONFIG_ERROR:
+        return PodProblem(ErrorCode.IMAGE_PULL_BACK_OFF, name, container, detail, advice)
+    if waiting_reason == ErrorCode.CREATE_CONTAINER_CONFIG_ERROR:
         advice = (
             "create the Secret (or add the key) the message names in the job's namespace: the Secrets of "
             "spec.model/dataset/output.secretRef"
         )
-        return PodProblem(CREATE_CONTAINER_CONFIG_ERROR, name, container, _clip(waiting_message), advice)
-    oom = next((t for t in (terminated, last) if t.get("reason") == OOM_KILLED), None)
+        return PodProblem(ErrorCode.CREATE_CONTAINER_CONFIG_ERROR, name, container, _clip(waiting_message), advice)
+    oom = next((t for t in (terminated, last) if t.get("reason") == Reason.OOM_KILLED), None)
     if oom is not None:
         limit = _memory_limit(pod, container)
         detail = "killed for using more memory than its limit" + (f" ({limit})" if limit else "")
@@ -181,11 +181,12 @@ def _container_problem(pod: Mapping[str, Any], status: Mapping[str, Any], namesp
             )
         else:
             advice = f"read its last output: {_logs(namespace, name, container)}"
-        return PodProblem(OOM_KILLED, name, container, detail, advice)
-    if waiting_reason == CRASH_LOOP_BACK_OFF:
+        return PodProblem(Reason.OOM_KILLED, name, container, detail, advice)
+    if waiting_reason == ErrorCode.CRASH_LOOP_BACK_OFF:
         detail = _exit(last) if last else "the container keeps exiting"
         return PodProblem(
-            CRASH_LOOP_BACK_OFF, name, container, detail, f"read its logs: {_logs(namespace, name, container)}"
+            ErrorCode.CRASH_LOOP_BACK_OFF, name, container, detail,
+            f"read its logs: {_logs(namespace, name, container)}",
         )
     return None
 
@@ -196,14 +197,14 @@ def _unschedulable(pod: Mapping[str, Any]) -> PodProblem | None:
         if (
             condition.get("type") == "PodScheduled"
             and condition.get("status") == "False"
-            and condition.get("reason") == UNSCHEDULABLE
+            and condition.get("reason") == ErrorCode.UNSCHEDULABLE
         ):
             name = str((pod.get("metadata") or {}).get("name") or "")
             advice = (
                 "lower spec.compute (numWorkers, gpusPerWorker, cpusPerWorker, memoryPerWorker) or add nodes, and "
                 "check spec.compute.nodeSelector and tolerations against the nodes' labels and taints"
             )
-            return PodProblem(UNSCHEDULABLE, name, None, _clip(str(condition.get("message") or "")), advice)
+            return PodProblem(ErrorCode.UNSCHEDULABLE, name, None, _clip(str(condition.get("message") or "")), advice)
     return None
 
 

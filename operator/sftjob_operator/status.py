@@ -21,22 +21,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from sftjob_api.codes import NOT_RETRYABLE, RETRYABLE, ErrorCode, Reason
 from sftjob_api.errors import FieldProblem
 from sftjob_api.progress import (
     ADAPTER_DIR,
-    CRASH_LOOP_BACK_OFF,
-    CREATE_CONTAINER_CONFIG_ERROR,
-    FORGETTING_EXCEEDED,
-    IMAGE_PULL_BACK_OFF,
-    JUDGE_UNAVAILABLE,
     MANIFEST_FILE,
     MODEL_DIR,
-    NON_RETRYABLE_CODES,
-    OOM_KILLED,
-    OUT_OF_MEMORY,
-    RETRYABLE_CODES,
-    STALLED,
-    UNSCHEDULABLE,
     ProgressFile,
     format_duration,
     job_output_uri,
@@ -94,10 +84,10 @@ RAYJOB_DELETED = "RayJobDeleted"
 # A RayJob that succeeded but whose output has no manifest.json after this long failed to export.
 MANIFEST_GRACE_SECONDS = 300
 # Reasons of KubeRay failures that no retry can fix, and the error code each becomes.
-_KUBERAY_PERMANENT = {
-    "DeadlineExceeded": "DeadlineExceeded",
-    "ValidationFailed": "RayJobInvalid",
-    PRE_RUNNING_DEADLINE_EXCEEDED: UNSCHEDULABLE,
+_KUBERAY_PERMANENT: dict[str, ErrorCode] = {
+    "DeadlineExceeded": ErrorCode.DEADLINE_EXCEEDED,
+    "ValidationFailed": ErrorCode.RAY_JOB_INVALID,
+    PRE_RUNNING_DEADLINE_EXCEEDED: ErrorCode.UNSCHEDULABLE,
 }
 # The condition the pod diagnosis sets (pods.py): False with the most urgent problem's reason while one shows,
 # True with HEALTHY once it cleared; absent on a job whose pods never showed one.
@@ -106,13 +96,13 @@ HEALTHY = "Healthy"
 # The reason of `Stalled=False` once the attempt after a stall writes progress again.
 PROGRESSING = "Progressing"
 # The conditions a reconcile that does not look at pods or progress carries over unchanged.
-_CARRIED_CONDITIONS = (PODS_HEALTHY, STALLED)
+_CARRIED_CONDITIONS = (PODS_HEALTHY, ErrorCode.STALLED)
 # Pod problems that name the failure of an attempt whose startup deadline passed (else: Unschedulable).
-_STARTUP_CODES = {
-    IMAGE_PULL_BACK_OFF: IMAGE_PULL_BACK_OFF,
-    CREATE_CONTAINER_CONFIG_ERROR: CREATE_CONTAINER_CONFIG_ERROR,
-    CRASH_LOOP_BACK_OFF: CRASH_LOOP_BACK_OFF,
-    OOM_KILLED: OUT_OF_MEMORY,
+_STARTUP_CODES: dict[str, ErrorCode] = {
+    ErrorCode.IMAGE_PULL_BACK_OFF: ErrorCode.IMAGE_PULL_BACK_OFF,
+    ErrorCode.CREATE_CONTAINER_CONFIG_ERROR: ErrorCode.CREATE_CONTAINER_CONFIG_ERROR,
+    ErrorCode.CRASH_LOOP_BACK_OFF: ErrorCode.CRASH_LOOP_BACK_OFF,
+    Reason.OOM_KILLED: ErrorCode.OUT_OF_MEMORY,
 }
 # KubeRay before 1.6 drops preRunningDeadlineSeconds without a word: the operator fails an attempt whose RayJob is
 # still not Running this long after startupDeadlineSeconds (KubeRay, when it has the field, acts within seconds).
@@ -283,29 +273,29 @@ def classify_failure(
     retry_oom = job.spec.run_policy.retry_on_out_of_memory
     if progress is not None and progress.phase == "Failed" and progress.error and _same_attempt(progress, attempt):
         error = progress.error
-        if error.code == OUT_OF_MEMORY:
+        if error.code == ErrorCode.OUT_OF_MEMORY:
             retryable = retry_oom
-        elif error.code in NON_RETRYABLE_CODES:
+        elif error.code in NOT_RETRYABLE:
             retryable = False
-        elif error.code in RETRYABLE_CODES:
+        elif error.code in RETRYABLE:
             retryable = True
         else:
             retryable = error.retryable
         return error.model_copy(update={"retryable": retryable, "message": _clip(error.message)}), retryable
     seen = f"; {pods[1]}" if pods else ""
     if ray.reason == PRE_RUNNING_DEADLINE_EXCEEDED:
-        code = _STARTUP_CODES.get(pods[0], UNSCHEDULABLE) if pods else UNSCHEDULABLE
+        code = _STARTUP_CODES.get(pods[0], ErrorCode.UNSCHEDULABLE) if pods else ErrorCode.UNSCHEDULABLE
         message = ray.message or f"KubeRay: {ray.reason}"
         return ErrorStatus(code=code, message=_clip(message + seen), retryable=False), False
     if ray.reason in _KUBERAY_PERMANENT:
         code = _KUBERAY_PERMANENT[ray.reason]
         return ErrorStatus(code=code, message=_clip(ray.message or f"KubeRay: {ray.reason}"), retryable=False), False
     if ray.reason == "Stopped":
-        return ErrorStatus(code="Stopped", message=_clip(ray.message), retryable=False), False
-    if _OOM_HINTS.search(ray.message) or (pods is not None and pods[0] == OOM_KILLED):
+        return ErrorStatus(code=ErrorCode.STOPPED, message=_clip(ray.message), retryable=False), False
+    if _OOM_HINTS.search(ray.message) or (pods is not None and pods[0] == Reason.OOM_KILLED):
         message = _clip((ray.message or f"KubeRay: {ray.reason}") + seen)
-        return ErrorStatus(code=OUT_OF_MEMORY, message=message, retryable=retry_oom), retry_oom
-    code = "SubmissionFailed" if ray.reason == "SubmissionFailed" else "WorkerCrashed"
+        return ErrorStatus(code=ErrorCode.OUT_OF_MEMORY, message=message, retryable=retry_oom), retry_oom
+    code = ErrorCode.SUBMISSION_FAILED if ray.reason == "SubmissionFailed" else ErrorCode.WORKER_CRASHED
     message = ray.message or "the trainer exited without reporting an error (node lost, eviction or preemption)"
     return ErrorStatus(code=code, message=_clip(f"{ray.reason}: {message}{seen}"), retryable=True), True
 
@@ -452,10 +442,10 @@ def _conditions_for(
         wanted.append(("Succeeded", True, "Succeeded", message))
         degraded = _degraded(status)
         if degraded is not None:
-            wanted.append(("Degraded", True, FORGETTING_EXCEEDED, degraded))
+            wanted.append(("Degraded", True, ErrorCode.FORGETTING_EXCEEDED, degraded))
         unavailable = _judge_unavailable(status)
         if unavailable is not None:
-            wanted.append((JUDGE_UNAVAILABLE, True, JUDGE_UNAVAILABLE, unavailable))
+            wanted.append((Reason.JUDGE_UNAVAILABLE, True, Reason.JUDGE_UNAVAILABLE, unavailable))
     if phase == "Failed" and status.error is not None:
         wanted.append(("Failed", True, status.error.code, status.error.message))
     given = {w[0]: w for w in observed}
@@ -474,9 +464,9 @@ def _condition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Even
     old, new = _condition(previous, PODS_HEALTHY), _condition(status, PODS_HEALTHY)
     if new is not None and new.status == "False" and (old is None or old.status == "True" or old.reason != new.reason):
         events.append(Event("Warning", new.reason, new.message))
-    old, new = _condition(previous, STALLED), _condition(status, STALLED)
+    old, new = _condition(previous, ErrorCode.STALLED), _condition(status, ErrorCode.STALLED)
     if new is not None and new.status == "True" and (old is None or old.status == "False"):
-        events.append(Event("Warning", STALLED, new.message))
+        events.append(Event("Warning", ErrorCode.STALLED, new.message))
     return events
 
 
@@ -548,8 +538,8 @@ def _transition_events(previous: SFTJobStatus, status: SFTJobStatus) -> list[Eve
         where = status.output.uri if status.output else ""
         degraded, unavailable = _degraded(status), _judge_unavailable(status)
         return ([Event("Normal", "Succeeded", f"artifacts in {where}")]
-                + ([Event("Warning", FORGETTING_EXCEEDED, _clip(degraded))] if degraded is not None else [])
-                + ([Event("Warning", JUDGE_UNAVAILABLE, _clip(unavailable))] if unavailable is not None else []))
+                + ([Event("Warning", ErrorCode.FORGETTING_EXCEEDED, _clip(degraded))] if degraded is not None else [])
+                + ([Event("Warning", Reason.JUDGE_UNAVAILABLE, _clip(unavailable))] if unavailable is not None else []))
     if phase == "Failed" and status.error is not None:
         return [Event("Warning", "Failed", _clip(f"{status.error.code}: {status.error.message}"))]
     return []
@@ -640,7 +630,8 @@ def derive_invalid(
         status.observed_generation = generation
         return Derivation(status=status)
     message = "; ".join(f"{p.field}: {p.message}" for p in problems)
-    status.error = ErrorStatus(code="InvalidSpec", message=_clip(message), field=problems[0].field, retryable=False)
+    status.error = ErrorStatus(code=ErrorCode.INVALID_SPEC, message=_clip(message), field=problems[0].field,
+                               retryable=False)
     status.observed_generation = generation
     delete = None
     if previous.attempt and previous.phase not in TERMINAL_PHASES and previous.ray_job is not None:
@@ -813,7 +804,7 @@ def derive_status(
     deadline = policy.active_deadline_seconds
     if deadline is not None and started is not None and (now - started).total_seconds() >= deadline:
         status.error = ErrorStatus(
-            code="DeadlineExceeded",
+            code=ErrorCode.DEADLINE_EXCEEDED,
             message=f"the job ran longer than activeDeadlineSeconds={deadline}",
             retryable=False,
         )
@@ -874,7 +865,7 @@ def derive_status(
             ended = parse_time(ray_status.get("endTime"))
             if ended is not None and (now - ended).total_seconds() >= MANIFEST_GRACE_SECONDS:
                 status.error = ErrorStatus(
-                    code="OutputIncomplete",
+                    code=ErrorCode.OUTPUT_INCOMPLETE,
                     message=f"the trainer finished but {MANIFEST_FILE} did not appear within {MANIFEST_GRACE_SECONDS}s",
                 )
                 if record is not None:
@@ -920,13 +911,13 @@ def derive_status(
             stalled, progressing = _stall(previous, policy, attempt, snapshot, now)
             if stalled is not None:
                 # A hung trainer: stop its RayJob and retry, as for any retryable failure.
-                error = ErrorStatus(code=STALLED, message=_clip(stalled), retryable=True)
-                observed += ((STALLED, True, STALLED, stalled),)
+                error = ErrorStatus(code=ErrorCode.STALLED, message=_clip(stalled), retryable=True)
+                observed += ((ErrorCode.STALLED, True, ErrorCode.STALLED, stalled),)
                 out.delete_rayjob = name
-                reason = STALLED
+                reason = ErrorCode.STALLED
                 message = _fail_attempt(out, job, record, error, True, stamp) or stalled
-            elif progressing and _wanted(_condition(previous, STALLED)) is not None:
-                observed += ((STALLED, False, PROGRESSING, ""),)
+            elif progressing and _wanted(_condition(previous, ErrorCode.STALLED)) is not None:
+                observed += ((ErrorCode.STALLED, False, PROGRESSING, ""),)
 
     return _close(out, previous, job, reason, message or reason, generation, stamp, events, observed)
 

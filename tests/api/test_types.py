@@ -10,7 +10,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from sftjob_api.progress import FORGETTING_EXCEEDED, NON_RETRYABLE_CODES, ProgressFile
+from sftjob_api.codes import NOT_RETRYABLE, ErrorCode
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import EvaluationSpec, ForgettingResult, SFTJobStatus, parse_sftjob
 from support.crd_check import schema_errors, server_errors
 
@@ -87,4 +88,4 @@ def test_the_result_travels_from_progress_json_into_a_status_the_crd_accepts() -
 
 
 def test_forgetting_exceeded_is_never_retried() -> None:
-    assert FORGETTING_EXCEEDED == "ForgettingExceeded" and FORGETTING_EXCEEDED in NON_RETRYABLE_CODES
+    assert ErrorCode.FORGETTING_EXCEEDED == "ForgettingExceeded" and ErrorCode.FORGETTING_EXCEEDED in NOT_RETRYABLE

@@ -20,7 +20,7 @@ import pytest
 import yaml
 from tests.support.crd_check import server_errors
 
-from sftjob_api.progress import NON_RETRYABLE_CODES, OUT_OF_MEMORY, RETRYABLE_CODES
+from sftjob_api.codes import NOT_RETRYABLE, RETRYABLE, ErrorCode
 
 REPO = Path(__file__).resolve().parents[2]
 SFTJOB_CLI = REPO / ".venv" / "bin" / "sftjob"
@@ -152,4 +152,4 @@ def test_documented_immutable_fields_are_the_crds() -> None:
 def test_troubleshooting_covers_every_trainer_error_code() -> None:
     text = (REPO / "docs" / "operations.md").read_text()
     documented = set(re.findall(r"^\| `(\w+)` \|", text[text.index("## Troubleshooting"):], re.MULTILINE))
-    assert NON_RETRYABLE_CODES | RETRYABLE_CODES | {OUT_OF_MEMORY} <= documented
+    assert NOT_RETRYABLE | RETRYABLE | {ErrorCode.OUT_OF_MEMORY} <= documented

@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 from tests.support.crd_check import server_errors
 
+from sftjob_api.codes import RETRYABLE, ErrorCode
 from sftjob_api.errors import check_document
-from sftjob_api.progress import RETRYABLE_CODES, TEACHER_UNAVAILABLE
 from sftjob_trainer.distill import DistillResult, with_distilled_train
 
 DOCUMENT: dict[str, Any] = {
@@ -54,7 +54,7 @@ def test_a_distillation_job_is_valid_on_both_sides() -> None:
     assert problems == [] and job is not None and job.spec.distillation is not None
     assert job.spec.distillation.teacher.concurrency == 8 and job.spec.distillation.keep_reasoning
     assert server_errors(DOCUMENT) == []
-    assert TEACHER_UNAVAILABLE in RETRYABLE_CODES
+    assert ErrorCode.TEACHER_UNAVAILABLE in RETRYABLE
 
 
 @pytest.mark.parametrize(("changes", "field", "message"), [

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from distill_helpers import ARITHMETIC, FAST, FakeTeacher, arithmetic_prompts, make_spec, write_jsonl
 
-from sftjob_api.progress import TEACHER_UNAVAILABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DataSource
 from sftjob_trainer.distill import DISTILLED_FILE, REJECTED_FILE, STATS_FILE, GenerationProgress, distill
 from sftjob_trainer.distill.cache import ReplyStore
@@ -112,7 +112,7 @@ def test_a_teacher_that_goes_away_leaves_partial_output_and_the_next_attempt_con
     with pytest.raises(TrainerError) as failed:
         distill(spec, str(output), api_key=PLANTED_KEY, options=options)
 
-    assert failed.value.code == TEACHER_UNAVAILABLE and failed.value.retryable
+    assert failed.value.code == ErrorCode.TEACHER_UNAVAILABLE and failed.value.retryable
     assert "did not answer after 1 retries (last error: Service Unavailable)" in failed.value.message
     assert "3 of 6 answers" in failed.value.message and PLANTED_KEY not in failed.value.message
     assert not (output / DISTILLED_FILE).exists(), "partial output is never the training file"

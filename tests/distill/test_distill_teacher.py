@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from sftjob_api.progress import TEACHER_UNAVAILABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DistillationSpec
 from sftjob_trainer.distill.teacher import (
     Reply,
@@ -63,7 +63,7 @@ def test_failure_messages_name_the_cause_and_never_the_key() -> None:
              f"input row {{'model': 'm', 'Authorization': 'Bearer {KEY}'}}. Previous Exception: TimeoutError. Full "
              "Traceback: \n...")
     error = failure_error(spent, config, failure, KEY)
-    assert error.code == TEACHER_UNAVAILABLE and error.retryable
+    assert error.code == ErrorCode.TEACHER_UNAVAILABLE and error.retryable
     assert "did not answer after 2 retries (last error: no answer within" in error.message
     assert "3 of 10 answers" in error.message and KEY not in error.message
     denied = failure_error("TeacherRejected: sftjob-teacher-http-status=401 Unauthorized", config, failure, KEY)
@@ -71,7 +71,7 @@ def test_failure_messages_name_the_cause_and_never_the_key() -> None:
     missing = failure_error("x sftjob-teacher-http-status=404 Not Found (not JSON)", config, failure, KEY)
     assert missing.code == "InvalidSpec" and "404 Not Found" in missing.message
     other = failure_error(f"ConnectionError: boom {KEY}", config, failure, KEY)
-    assert other.code == TEACHER_UNAVAILABLE and KEY not in other.message and "***" in other.message
+    assert other.code == ErrorCode.TEACHER_UNAVAILABLE and KEY not in other.message and "***" in other.message
 
 
 def _requests(prompts: list[str]) -> list[Request]:
@@ -84,7 +84,7 @@ def test_a_dead_teacher_fails_retryable_once_its_retries_are_spent(dead_endpoint
     config = TeacherConfig(endpoint=dead_endpoint, model="teacher", concurrency=2, max_retries=2, retry_base_s=0.05)
     with pytest.raises(TrainerError) as failed:
         generate(_requests(["What is 1 plus 1?", "What is 2 plus 2?"]), config, KEY, lambda replies: None)
-    assert failed.value.code == TEACHER_UNAVAILABLE and failed.value.retryable
+    assert failed.value.code == ErrorCode.TEACHER_UNAVAILABLE and failed.value.retryable
     assert "did not answer after 2 retries (last error: cannot connect)" in failed.value.message
     assert "0 of 2 answers" in failed.value.message and KEY not in failed.value.message
 

@@ -12,14 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import (
-    CRASH_LOOP_BACK_OFF,
-    CREATE_CONTAINER_CONFIG_ERROR,
-    IMAGE_PULL_BACK_OFF,
-    OOM_KILLED,
-    STALLED,
-    UNSCHEDULABLE,
-)
+from sftjob_api.codes import ErrorCode, Reason
 from sftjob_operator.status import PODS_HEALTHY, PRE_RUNNING_DEADLINE_EXCEEDED, PROGRESSING
 from support.kmock_realistic import (
     config_error_status,
@@ -76,16 +69,17 @@ def pod_name(job: str, role: str) -> str:
 
 # One job per pod state: (job, node type, container, pod status, reason, words the message must hold).
 STATES = [
-    ("sched", "worker", "ray-worker", unschedulable_status(), UNSCHEDULABLE, "2 Insufficient nvidia.com/gpu"),
-    ("pull", "head", "ray-head", image_pull_status("ray-head", "reg.example/x:bad"), IMAGE_PULL_BACK_OFF, "x:bad"),
-    ("crash", "worker", "ray-worker", None, CRASH_LOOP_BACK_OFF, "kubectl logs -n ml"),
-    ("oom", "worker", "ray-worker", oom_restarted_status("ray-worker", IMAGE), OOM_KILLED, "memoryPerWorker"),
+    ("sched", "worker", "ray-worker", unschedulable_status(), ErrorCode.UNSCHEDULABLE, "2 Insufficient nvidia.com/gpu"),
+    ("pull", "head", "ray-head", image_pull_status("ray-head", "reg.example/x:bad"), ErrorCode.IMAGE_PULL_BACK_OFF,
+     "x:bad"),
+    ("crash", "worker", "ray-worker", None, ErrorCode.CRASH_LOOP_BACK_OFF, "kubectl logs -n ml"),
+    ("oom", "worker", "ray-worker", oom_restarted_status("ray-worker", IMAGE), Reason.OOM_KILLED, "memoryPerWorker"),
     (
         "secret",
         "worker",
         "ray-worker",
         config_error_status("ray-worker", IMAGE, "s3"),
-        CREATE_CONTAINER_CONFIG_ERROR,
+        ErrorCode.CREATE_CONTAINER_CONFIG_ERROR,
         "s3",
     ),
 ]
@@ -99,7 +93,7 @@ async def test_each_pod_state_appears_on_the_sftjob_with_its_reason(
             await api.create_sftjob(make_sftjob(job, output_uri=str(tmp_path)))
         for job, node_type, container, status, reason, _ in STATES:
             rayjob = await wait_for(lambda job=job: api.get_rayjob(NS, f"{job}-a1"), what=f"{job}-a1")
-            running = reason == OOM_KILLED
+            running = reason == Reason.OOM_KILLED
             ray_status = {"jobDeploymentStatus": "Running", "jobStatus": "RUNNING"} if running else {}
             await api.play_kuberay(NS, f"{job}-a1", ray_status or {"jobDeploymentStatus": "Initializing"})
             name = pod_name(job, node_type)
@@ -119,7 +113,8 @@ async def test_each_pod_state_appears_on_the_sftjob_with_its_reason(
 
     for job, node_type, container, _, reason, words in STATES:
         message = found[job]["message"]
-        where = f"pod {pod_name(job, node_type)}" + (f" container {container}" if reason != UNSCHEDULABLE else "")
+        where = f"pod {pod_name(job, node_type)}"
+        where += f" container {container}" if reason != ErrorCode.UNSCHEDULABLE else ""
         assert message.startswith(f"{where}: {reason}: "), message
         assert words in message, message
         warnings = [(e["type"], e["reason"], e["message"]) for e in events[job] if e["reason"] == reason]
@@ -131,7 +126,8 @@ async def test_each_pod_state_appears_on_the_sftjob_with_its_reason(
 async def _warning_posted(api: Api, job: str) -> bool:
     reasons = {e["reason"] for e in await events_of(api, job) if e["type"] == "Warning"}
     return bool(
-        reasons & {UNSCHEDULABLE, IMAGE_PULL_BACK_OFF, CRASH_LOOP_BACK_OFF, OOM_KILLED, CREATE_CONTAINER_CONFIG_ERROR}
+        reasons & {ErrorCode.UNSCHEDULABLE, ErrorCode.IMAGE_PULL_BACK_OFF, ErrorCode.CRASH_LOOP_BACK_OFF,
+                   Reason.OOM_KILLED, ErrorCode.CREATE_CONTAINER_CONFIG_ERROR}
     )
 
 
@@ -144,7 +140,7 @@ async def test_a_problem_that_clears_turns_the_condition_true(
         await api.play_kuberay(NS, "heal-a1", {"jobDeploymentStatus": "Initializing"})
         name = pod_name("heal", "head")
         await play_pods(api, rayjob, [(name, "head", "ray-head", image_pull_status("ray-head", IMAGE))])
-        await condition_where(api, "heal", PODS_HEALTHY, "False", IMAGE_PULL_BACK_OFF)
+        await condition_where(api, "heal", PODS_HEALTHY, "False", ErrorCode.IMAGE_PULL_BACK_OFF)
         # The registry answers again: the kubelet pulls and starts the container.
         await asyncio.to_thread(
             api.core.patch_namespaced_pod_status, name, NS, {"status": healthy_status("ray-head", IMAGE)}
@@ -163,7 +159,7 @@ async def test_a_startup_deadline_fails_the_job_naming_what_the_pods_showed(
         await api.play_kuberay(NS, "late-a1", {"jobDeploymentStatus": "Initializing"})
         name = pod_name("late", "worker")
         await play_pods(api, rayjob, [(name, "worker", "ray-worker", unschedulable_status())])
-        seen = await condition_where(api, "late", PODS_HEALTHY, "False", UNSCHEDULABLE)
+        seen = await condition_where(api, "late", PODS_HEALTHY, "False", ErrorCode.UNSCHEDULABLE)
         # KubeRay's pre-running deadline passes: it fails the RayJob and deletes the cluster with its pods.
         await asyncio.to_thread(api.core.delete_namespaced_pod, name, NS)
         kuberay = {
@@ -179,10 +175,10 @@ async def test_a_startup_deadline_fails_the_job_naming_what_the_pods_showed(
         rayjobs = await api.list_rayjobs(NS, "sftjob.dev/name=late")
 
     assert rayjob["spec"]["preRunningDeadlineSeconds"] == 600
-    assert status["error"]["code"] == UNSCHEDULABLE
+    assert status["error"]["code"] == ErrorCode.UNSCHEDULABLE
     assert status["error"]["retryable"] is False
     assert status["error"]["message"] == f"RayJob has passed the preRunningDeadlineSeconds: 600; {seen['message']}"
-    assert condition(status, "Failed")["reason"] == UNSCHEDULABLE
+    assert condition(status, "Failed")["reason"] == ErrorCode.UNSCHEDULABLE
     assert condition(status, PODS_HEALTHY)["status"] == "False"  # the pods' last word stays on the failed job
     assert status["attempt"] == 1
     assert [r["metadata"]["name"] for r in rayjobs] == ["late-a1"]  # not retried
@@ -213,12 +209,12 @@ async def test_a_frozen_progress_file_stalls_the_attempt_and_retries_it(
         # The trainer writes once, then hangs (a stuck collective): progress.json never changes again.
         await out.progress(attempt=1, step=7, total=100, loss=1.9)
         frozen_at = time.monotonic()
-        stalled = await condition_where(api, "hung", STALLED, "True", STALLED)
+        stalled = await condition_where(api, "hung", ErrorCode.STALLED, "True", ErrorCode.STALLED)
         waited = time.monotonic() - frozen_at
         second = await wait_for(lambda: api.get_rayjob(NS, "hung-a2"), what="the RayJob of attempt 2")
         first = await api.get_rayjob(NS, "hung-a1")
         status = await status_of(api, "hung")
-        await wait_for(lambda: _has_event(api, "hung", STALLED), what="hung: the Stalled event")
+        await wait_for(lambda: _has_event(api, "hung", ErrorCode.STALLED), what="hung: the Stalled event")
 
         # Attempt 2 starts and its trainer writes progress: the job runs on, the condition clears.
         await api.play_kuberay(NS, "hung-a2", {"jobDeploymentStatus": "Initializing"})
@@ -227,7 +223,7 @@ async def test_a_frozen_progress_file_stalls_the_attempt_and_retries_it(
 
         async def trainer_writes() -> dict[str, Any] | None:
             await out.progress(attempt=2, step=9, total=100, loss=1.7, resumedFromStep=5)
-            found = condition(await status_of(api, "hung"), STALLED)
+            found = condition(await status_of(api, "hung"), ErrorCode.STALLED)
             return found if found and found["status"] == "False" else None
 
         cleared = await wait_for(trainer_writes, interval=0.2, timeout=15, what="hung: Stalled=False")
@@ -238,15 +234,15 @@ async def test_a_frozen_progress_file_stalls_the_attempt_and_retries_it(
     assert first is None  # attempt 1's RayJob was stopped (deleted)
     assert second["metadata"]["labels"]["sftjob.dev/attempt"] == "2"
     assert status["attempt"] == 2
-    assert status["error"]["code"] == STALLED
+    assert status["error"]["code"] == ErrorCode.STALLED
     assert [(a["attempt"], a["result"], a.get("reason")) for a in status["attempts"]] == [
-        (1, "Failed", STALLED),
+        (1, "Failed", ErrorCode.STALLED),
         (2, "Running", None),
     ]
     assert stalled["message"].startswith("attempt 1's trainer has not updated progress.json for ")
     assert "stallTimeoutSeconds=2;" in stalled["message"] and "step 7" in stalled["message"]
     assert (cleared["reason"], after["phase"], after["attempt"]) == (PROGRESSING, "Running", 2)
-    assert [e["message"] for e in events if e["reason"] == STALLED] == [stalled["message"]]
+    assert [e["message"] for e in events if e["reason"] == ErrorCode.STALLED] == [stalled["message"]]
     retrying = [e["message"] for e in events if e["reason"] == "Retrying"]
     assert len(retrying) == 1 and retrying[0].startswith("attempt 1 failed (Stalled: attempt 1's trainer")
     assert k8s.count_writes("create", "rayjobs") == 2

@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 
-from sftjob_api.progress import STALLED, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob, SFTJobStatus, parse_sftjob
 from sftjob_operator.rayjob import JUDGE_KEY_ENV, TEACHER_KEY_ENV, TEACHER_SECRET_KEY, build_rayjob
 from sftjob_operator.settings import Settings
@@ -135,7 +136,7 @@ def test_a_stalled_generation_is_stopped_and_retried_like_a_stalled_training() -
     assert (fine.status.phase, fine.create_attempt) == ("Generating", None)
     stalled = step(the_job, fine.status, at(100 + 600), rayjob("Running", "RUNNING"), quiet)
     assert (stalled.delete_rayjob, stalled.create_attempt, stalled.status.phase) == ("j-a1", 2, "Pending")
-    assert stalled.status.error is not None and stalled.status.error.code == STALLED
+    assert stalled.status.error is not None and stalled.status.error.code == ErrorCode.STALLED
     assert "phase Generating" in stalled.status.error.message
 
 

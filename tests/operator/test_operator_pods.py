@@ -11,16 +11,8 @@ from typing import Any
 
 import pytest
 
-from sftjob_api.progress import (
-    CRASH_LOOP_BACK_OFF,
-    CREATE_CONTAINER_CONFIG_ERROR,
-    IMAGE_PULL_BACK_OFF,
-    OOM_KILLED,
-    OUT_OF_MEMORY,
-    STALLED,
-    UNSCHEDULABLE,
-    ProgressFile,
-)
+from sftjob_api.codes import ErrorCode, Reason
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob, SFTJobStatus, parse_sftjob
 from sftjob_operator.pods import (
     RUNNING_CHECK_INTERVALS,
@@ -124,7 +116,7 @@ def progress(updated: dt.datetime, *, attempt: int = 1, step_: int = 10, phase: 
 
 def test_an_unschedulable_pod_carries_the_schedulers_message() -> None:
     [problem] = diagnose_pods([pod(WORKER, unschedulable_status())], namespace=NS)
-    assert (problem.reason, problem.pod, problem.container) == (UNSCHEDULABLE, WORKER, None)
+    assert (problem.reason, problem.pod, problem.container) == (ErrorCode.UNSCHEDULABLE, WORKER, None)
     assert problem.detail.startswith("0/3 nodes are available: 1 node(s) had untolerated taint")
     assert "2 Insufficient nvidia.com/gpu." in problem.detail
     assert "lower spec.compute" in problem.advice and "add nodes" in problem.advice
@@ -135,7 +127,7 @@ def test_an_unschedulable_pod_carries_the_schedulers_message() -> None:
 def test_an_image_that_cannot_be_pulled_names_the_image(backoff: bool) -> None:
     status = image_pull_status("ray-head", IMAGE, backoff=backoff)
     [problem] = diagnose_pods([pod(HEAD, status, container="ray-head")], namespace=NS)
-    assert (problem.reason, problem.pod, problem.container) == (IMAGE_PULL_BACK_OFF, HEAD, "ray-head")
+    assert (problem.reason, problem.pod, problem.container) == (ErrorCode.IMAGE_PULL_BACK_OFF, HEAD, "ray-head")
     expected = f'Back-off pulling image "{IMAGE}"' if backoff else "rpc error: code = NotFound"
     assert problem.detail.startswith(f"image {IMAGE!r}: {expected}")
     assert "spec.compute.image" in problem.advice and "imagePullSecret" in problem.advice
@@ -143,7 +135,7 @@ def test_an_image_that_cannot_be_pulled_names_the_image(backoff: bool) -> None:
 
 def test_a_crash_loop_names_the_last_exit_and_the_logs_command() -> None:
     [problem] = diagnose_pods([pod(WORKER, crash_loop_status("ray-worker", IMAGE, WORKER))], namespace=NS)
-    assert (problem.reason, problem.container) == (CRASH_LOOP_BACK_OFF, "ray-worker")
+    assert (problem.reason, problem.container) == (ErrorCode.CRASH_LOOP_BACK_OFF, "ray-worker")
     assert problem.detail == "last exit code 1 (Error)"
     assert problem.advice == f"read its logs: kubectl logs -n {NS} {WORKER} -c ray-worker --previous"
 
@@ -162,7 +154,7 @@ def test_an_oom_killed_worker_says_raise_memory_per_worker(crash_looping: bool) 
     else:
         status = oom_restarted_status("ray-worker", IMAGE)
     [problem] = diagnose_pods([pod(WORKER, status, memory="16Gi")], namespace=NS)
-    assert (problem.reason, problem.container) == (OOM_KILLED, "ray-worker")
+    assert (problem.reason, problem.container) == (Reason.OOM_KILLED, "ray-worker")
     assert problem.detail == "killed for using more memory than its limit (16Gi)"
     assert problem.advice.startswith("raise spec.compute.memoryPerWorker")
     assert f"kubectl logs -n {NS} {WORKER} -c ray-worker --previous" in problem.advice
@@ -172,13 +164,13 @@ def test_an_oom_killed_head_points_at_its_logs() -> None:
     [problem] = diagnose_pods(
         [pod(HEAD, oom_restarted_status("ray-head", IMAGE), container="ray-head", memory="8Gi")], namespace=NS
     )
-    assert problem.reason == OOM_KILLED
+    assert problem.reason == Reason.OOM_KILLED
     assert problem.advice == f"read its last output: kubectl logs -n {NS} {HEAD} -c ray-head --previous"
 
 
 def test_a_missing_secret_is_a_config_error() -> None:
     [problem] = diagnose_pods([pod(WORKER, config_error_status("ray-worker", IMAGE, "s3-creds"))], namespace=NS)
-    assert (problem.reason, problem.detail) == (CREATE_CONTAINER_CONFIG_ERROR, 'secret "s3-creds" not found')
+    assert (problem.reason, problem.detail) == (ErrorCode.CREATE_CONTAINER_CONFIG_ERROR, 'secret "s3-creds" not found')
     assert "secretRef" in problem.advice
 
 
@@ -200,15 +192,17 @@ def test_problems_are_ordered_by_urgency_and_the_summary_names_the_others() -> N
         pod(HEAD, image_pull_status("ray-head", IMAGE), container="ray-head"),
     ]
     problems = diagnose_pods(pods, namespace=NS)
-    assert [p.reason for p in problems] == [IMAGE_PULL_BACK_OFF, CRASH_LOOP_BACK_OFF, UNSCHEDULABLE]
+    assert [p.reason for p in problems] == [ErrorCode.IMAGE_PULL_BACK_OFF, ErrorCode.CRASH_LOOP_BACK_OFF,
+                                            ErrorCode.UNSCHEDULABLE]
     reason, message = summarize(problems)
-    assert reason == IMAGE_PULL_BACK_OFF
+    assert reason == ErrorCode.IMAGE_PULL_BACK_OFF
     assert message.startswith(f"pod {HEAD} container ray-head: ImagePullBackOff: image {IMAGE!r}")
     assert message.endswith(f" (also: {WORKER} CrashLoopBackOff, {WORKER2} Unschedulable)")
 
 
 def test_the_summary_names_at_most_five_others() -> None:
-    problems = [PodProblem(UNSCHEDULABLE, f"w-{n}", None, "0/3 nodes are available", "add nodes") for n in range(9)]
+    problems = [PodProblem(ErrorCode.UNSCHEDULABLE, f"w-{n}", None, "0/3 nodes are available", "add nodes")
+                for n in range(9)]
     _, message = summarize(problems)
     assert message.endswith(
         "(also: w-1 Unschedulable, w-2 Unschedulable, w-3 Unschedulable, w-4 Unschedulable, "
@@ -285,10 +279,10 @@ def test_a_pod_problem_sets_the_condition_and_one_warning_event() -> None:
     problems = diagnose_pods([pod(WORKER, unschedulable_status())], namespace=NS)
     first = step(the_job, created(the_job), at(30), rayjob("Initializing"), pods=problems)
     state, reason, message = conditions(first.status)[PODS_HEALTHY]
-    assert (state, reason) == ("False", UNSCHEDULABLE)
+    assert (state, reason) == ("False", ErrorCode.UNSCHEDULABLE)
     assert message == problems[0].describe()
-    warnings = [(e.type, e.reason, e.message) for e in first.events if e.reason == UNSCHEDULABLE]
-    assert warnings == [("Warning", UNSCHEDULABLE, message)]
+    warnings = [(e.type, e.reason, e.message) for e in first.events if e.reason == ErrorCode.UNSCHEDULABLE]
+    assert warnings == [("Warning", ErrorCode.UNSCHEDULABLE, message)]
     assert first.status.phase == "Initializing"
 
     # Seen again: no new event, no change; not looked at: the condition stays.
@@ -296,7 +290,7 @@ def test_a_pod_problem_sets_the_condition_and_one_warning_event() -> None:
     assert [e.reason for e in again.events] == []
     assert again.status.to_wire() == first.status.to_wire()
     unlooked = step(the_job, first.status, at(90), rayjob("Initializing"), pods=None)
-    assert conditions(unlooked.status)[PODS_HEALTHY] == ("False", UNSCHEDULABLE, message)
+    assert conditions(unlooked.status)[PODS_HEALTHY] == ("False", ErrorCode.UNSCHEDULABLE, message)
 
 
 def test_a_new_reason_is_a_new_event_and_a_cleared_problem_turns_the_condition_true() -> None:
@@ -305,7 +299,7 @@ def test_a_new_reason_is_a_new_event_and_a_cleared_problem_turns_the_condition_t
     pulling = diagnose_pods([pod(HEAD, image_pull_status("ray-head", IMAGE), container="ray-head")], namespace=NS)
     first = step(the_job, created(the_job), at(30), rayjob("Initializing"), pods=unschedulable)
     second = step(the_job, first.status, at(60), rayjob("Initializing"), pods=pulling)
-    assert [(e.type, e.reason) for e in second.events] == [("Warning", IMAGE_PULL_BACK_OFF)]
+    assert [(e.type, e.reason) for e in second.events] == [("Warning", ErrorCode.IMAGE_PULL_BACK_OFF)]
     healthy = step(the_job, second.status, at(90), rayjob("Running", "RUNNING"), pods=[])
     assert conditions(healthy.status)[PODS_HEALTHY] == ("True", HEALTHY, "")
     assert [e.reason for e in healthy.events] == ["Running"]
@@ -345,12 +339,12 @@ KUBERAY_DEADLINE = rayjob(
 @pytest.mark.parametrize(
     ("pod_status", "container", "code"),
     [
-        (None, "ray-worker", UNSCHEDULABLE),
-        (unschedulable_status(), "ray-worker", UNSCHEDULABLE),
-        (image_pull_status("ray-head", IMAGE), "ray-head", IMAGE_PULL_BACK_OFF),
-        (crash_loop_status("ray-head", IMAGE, HEAD), "ray-head", CRASH_LOOP_BACK_OFF),
-        (config_error_status("ray-worker", IMAGE, "s3-creds"), "ray-worker", CREATE_CONTAINER_CONFIG_ERROR),
-        (oom_restarted_status("ray-head", IMAGE), "ray-head", OUT_OF_MEMORY),
+        (None, "ray-worker", ErrorCode.UNSCHEDULABLE),
+        (unschedulable_status(), "ray-worker", ErrorCode.UNSCHEDULABLE),
+        (image_pull_status("ray-head", IMAGE), "ray-head", ErrorCode.IMAGE_PULL_BACK_OFF),
+        (crash_loop_status("ray-head", IMAGE, HEAD), "ray-head", ErrorCode.CRASH_LOOP_BACK_OFF),
+        (config_error_status("ray-worker", IMAGE, "s3-creds"), "ray-worker", ErrorCode.CREATE_CONTAINER_CONFIG_ERROR),
+        (oom_restarted_status("ray-head", IMAGE), "ray-head", ErrorCode.OUT_OF_MEMORY),
     ],
     ids=["no-diagnosis", "unschedulable", "image-pull", "crash-loop", "config-error", "oom"],
 )
@@ -384,7 +378,7 @@ def test_the_operator_enforces_the_startup_deadline_when_kuberay_ignores_it() ->
     late = step(the_job, early.status, at(600 + STARTUP_DEADLINE_GRACE_SECONDS), stuck)
     assert late.status.phase == "Failed"
     assert late.status.error is not None
-    assert (late.status.error.code, late.status.error.retryable) == (UNSCHEDULABLE, False)
+    assert (late.status.error.code, late.status.error.retryable) == (ErrorCode.UNSCHEDULABLE, False)
     assert "startupDeadlineSeconds=600" in late.status.error.message
     assert late.delete_rayjob == "j-a1"
 
@@ -417,23 +411,23 @@ def test_a_frozen_progress_file_stalls_the_attempt_and_starts_the_next() -> None
     last_write = at(100)
     fine = step(the_job, status, at(100 + 599), RUNNING_RAYJOB, snapshot=progress(last_write))
     assert (fine.status.phase, fine.delete_rayjob, fine.create_attempt) == ("Running", None, None)
-    assert STALLED not in conditions(fine.status)
+    assert ErrorCode.STALLED not in conditions(fine.status)
 
     stalled = step(the_job, fine.status, at(100 + 600), RUNNING_RAYJOB, snapshot=progress(last_write))
     assert stalled.delete_rayjob == "j-a1"
     assert stalled.create_attempt == 2
     assert (stalled.status.phase, stalled.status.attempt) == ("Pending", 2)
     assert stalled.status.error is not None
-    assert (stalled.status.error.code, stalled.status.error.retryable) == (STALLED, True)
-    state, reason, message = conditions(stalled.status)[STALLED]
-    assert (state, reason) == ("True", STALLED)
+    assert (stalled.status.error.code, stalled.status.error.retryable) == (ErrorCode.STALLED, True)
+    state, reason, message = conditions(stalled.status)[ErrorCode.STALLED]
+    assert (state, reason) == ("True", ErrorCode.STALLED)
     assert message == (
         "attempt 1's trainer has not updated progress.json for 10m0s (stallTimeoutSeconds=600; "
         "last update 2026-05-01T12:01:40Z, phase Running, step 10); its RayJob was stopped"
     )
-    assert [(e.type, e.reason) for e in stalled.events] == [("Warning", "Retrying"), ("Warning", STALLED)]
+    assert [(e.type, e.reason) for e in stalled.events] == [("Warning", "Retrying"), ("Warning", ErrorCode.STALLED)]
     assert [(r.attempt, r.result, r.reason) for r in stalled.status.attempts] == [
-        (1, "Failed", STALLED),
+        (1, "Failed", ErrorCode.STALLED),
         (2, "Running", None),
     ]
 
@@ -441,13 +435,13 @@ def test_a_frozen_progress_file_stalls_the_attempt_and_starts_the_next() -> None
 def test_the_stalled_condition_clears_once_the_next_attempt_writes_progress() -> None:
     the_job = job(stallTimeoutSeconds=60)
     stalled = step(the_job, running(the_job, NOW), at(200), RUNNING_RAYJOB, snapshot=progress(at(100))).status
-    assert conditions(stalled)[STALLED][0] == "True"
+    assert conditions(stalled)[ErrorCode.STALLED][0] == "True"
     initializing = step(the_job, stalled, at(210), rayjob("Initializing")).status
     # The old attempt's file is still there: nothing is judged, the condition stays.
     old_file = step(the_job, initializing, at(400), RUNNING_RAYJOB, snapshot=progress(at(100))).status
-    assert (old_file.phase, old_file.attempt, conditions(old_file)[STALLED][0]) == ("Running", 2, "True")
+    assert (old_file.phase, old_file.attempt, conditions(old_file)[ErrorCode.STALLED][0]) == ("Running", 2, "True")
     fresh = step(the_job, old_file, at(420), RUNNING_RAYJOB, snapshot=progress(at(415), attempt=2)).status
-    assert conditions(fresh)[STALLED] == ("False", PROGRESSING, "")
+    assert conditions(fresh)[ErrorCode.STALLED] == ("False", PROGRESSING, "")
     assert fresh.phase == "Running"
 
 
@@ -455,10 +449,10 @@ def test_a_stall_with_no_retries_left_fails_the_job_and_stops_its_rayjob() -> No
     the_job = job(stallTimeoutSeconds=60, backoffLimit=0)
     stalled = step(the_job, running(the_job, NOW), at(200), RUNNING_RAYJOB, snapshot=progress(at(100)))
     assert stalled.status.phase == "Failed"
-    assert stalled.status.error is not None and stalled.status.error.code == STALLED
+    assert stalled.status.error is not None and stalled.status.error.code == ErrorCode.STALLED
     assert stalled.status.error.message.endswith("(backoffLimit 0 reached)")
     assert stalled.delete_rayjob == "j-a1"
-    assert [e.reason for e in stalled.events] == [STALLED, "Failed"]
+    assert [e.reason for e in stalled.events] == [ErrorCode.STALLED, "Failed"]
 
 
 @pytest.mark.parametrize(
@@ -478,7 +472,7 @@ def test_nothing_is_judged_stalled_without_a_write_of_the_running_trainer(
     derivation = step(the_job, running(the_job, NOW), at(3600), RUNNING_RAYJOB, snapshot=snapshot)
     assert derivation.create_attempt is None, why
     assert derivation.delete_rayjob is None, why
-    assert STALLED not in conditions(derivation.status), why
+    assert ErrorCode.STALLED not in conditions(derivation.status), why
 
 
 def test_without_a_stall_timeout_nothing_stalls() -> None:
@@ -496,7 +490,7 @@ def test_an_unreported_death_of_an_oom_killed_worker_is_out_of_memory() -> None:
     seen = step(the_job, running(the_job, NOW), at(100), RUNNING_RAYJOB, pods=oom).status
     failed = step(the_job, seen, at(130), rayjob("Failed", reason="AppFailed", message="Job entrypoint failed"))
     assert failed.status.error is not None
-    assert failed.status.error.code == OUT_OF_MEMORY
+    assert failed.status.error.code == ErrorCode.OUT_OF_MEMORY
     assert failed.status.error.retryable is False  # retryOnOutOfMemory is off
     assert failed.status.error.message == "Job entrypoint failed; " + summarize(oom)[1]
     assert failed.status.phase == "Failed"

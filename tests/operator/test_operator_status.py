@@ -7,14 +7,9 @@ from typing import Any
 
 import pytest
 
+from sftjob_api.codes import NOT_RETRYABLE, RETRYABLE, ErrorCode, Reason
 from sftjob_api.errors import FieldProblem
-from sftjob_api.progress import (
-    FORGETTING_EXCEEDED,
-    JUDGE_UNAVAILABLE,
-    NON_RETRYABLE_CODES,
-    RETRYABLE_CODES,
-    ProgressFile,
-)
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import MAX_HISTORY, SFTJob, SFTJobStatus, parse_sftjob
 from sftjob_operator.status import (
     FAILURE_REASONS,
@@ -367,7 +362,7 @@ def test_success_without_manifest_fails_after_the_grace_period() -> None:
 # ----------------------------------------------------------------------------------------- failures
 
 
-@pytest.mark.parametrize("code", sorted(RETRYABLE_CODES))
+@pytest.mark.parametrize("code", sorted(RETRYABLE))
 def test_retryable_trainer_errors_retry(code: str) -> None:
     snapshot = ProgressSnapshot(progress=progress("Failed", attempt=1, error={"code": code, "message": "m"}))
     out = derive_status(
@@ -377,7 +372,7 @@ def test_retryable_trainer_errors_retry(code: str) -> None:
     assert out.status.attempts[0].reason == code and out.status.attempts[0].result == "Failed"
 
 
-@pytest.mark.parametrize("code", sorted(NON_RETRYABLE_CODES))
+@pytest.mark.parametrize("code", sorted(NOT_RETRYABLE))
 def test_non_retryable_trainer_errors_fail_at_once(code: str) -> None:
     snapshot = ProgressSnapshot(
         progress=progress("Failed", attempt=1, error={"code": code, "message": "m", "retryable": True})
@@ -664,9 +659,10 @@ def test_forgetting_above_the_gate_in_degrade_mode_succeeds_with_a_degraded_cond
     conditions = {c.type: c for c in out.status.conditions}
     assert conditions["Succeeded"].status == "True"
     degraded = conditions["Degraded"]
-    assert (degraded.status, degraded.reason) == ("True", FORGETTING_EXCEEDED)
+    assert (degraded.status, degraded.reason) == ("True", ErrorCode.FORGETTING_EXCEEDED)
     assert "ratio 1.300, above evaluation.maxForgetting 1.1" in degraded.message
-    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"), ("Warning", FORGETTING_EXCEEDED)]
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"),
+                                                        ("Warning", ErrorCode.FORGETTING_EXCEEDED)]
 
 
 def test_a_judge_that_stayed_down_leaves_the_job_succeeded_with_a_judge_unavailable_condition() -> None:
@@ -681,14 +677,14 @@ def test_a_judge_that_stayed_down_leaves_the_job_succeeded_with_a_judge_unavaila
     assert out.status.evaluation is not None and out.status.evaluation.score == "json_equal 0.92 (base 0.00)"
     assert out.status.evaluation.seconds == 41.5
     conditions = {c.type: c for c in out.status.conditions}
-    unavailable = conditions[JUDGE_UNAVAILABLE]
-    assert (unavailable.status, unavailable.reason) == ("True", JUDGE_UNAVAILABLE)
+    unavailable = conditions[Reason.JUDGE_UNAVAILABLE]
+    assert (unavailable.status, unavailable.reason) == ("True", Reason.JUDGE_UNAVAILABLE)
     assert "judge-7b stayed unreachable" in unavailable.message and "APITimeoutError" in unavailable.message
-    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"), ("Warning", JUDGE_UNAVAILABLE)]
+    assert [(e.type, e.reason) for e in out.events] == [("Normal", "Succeeded"), ("Warning", Reason.JUDGE_UNAVAILABLE)]
 
 
 def test_forgetting_above_the_gate_in_fail_mode_fails_at_once_with_the_figure() -> None:
-    error = {"code": FORGETTING_EXCEEDED, "message": "forgetting ... above evaluation.maxForgetting 1.1",
+    error = {"code": ErrorCode.FORGETTING_EXCEEDED, "message": "forgetting ... above evaluation.maxForgetting 1.1",
              "field": "spec.evaluation.maxForgetting"}
     snapshot = ProgressSnapshot(progress=progress("Failed", attempt=1, error=error, evaluation=forgetting(True)))
     out = derive_status(
@@ -696,8 +692,8 @@ def test_forgetting_above_the_gate_in_fail_mode_fails_at_once_with_the_figure() 
     )
     assert out.create_attempt is None and out.status.phase == "Failed"
     assert out.status.error is not None
-    assert (out.status.error.code, out.status.error.retryable) == (FORGETTING_EXCEEDED, False)
+    assert (out.status.error.code, out.status.error.retryable) == (ErrorCode.FORGETTING_EXCEEDED, False)
     assert out.status.evaluation is not None and out.status.evaluation.forgetting is not None
     assert out.status.evaluation.forgetting.exceeded
     conditions = {c.type: c.reason for c in out.status.conditions}
-    assert conditions["Failed"] == FORGETTING_EXCEEDED and "Degraded" not in conditions
+    assert conditions["Failed"] == ErrorCode.FORGETTING_EXCEEDED and "Degraded" not in conditions

@@ -19,7 +19,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sftjob_api.progress import NON_RETRYABLE_CODES, PROGRESS_FILE, ProgressFile
+from sftjob_api.codes import NOT_RETRYABLE
+from sftjob_api.progress import PROGRESS_FILE, ProgressFile
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "corpus" / "datasets"
@@ -114,7 +115,7 @@ def test_corpus_has_thirty_cases_and_every_file_has_one() -> None:
     generated = {name for name, spec in CASES.items() if spec.get("generate")}
     assert committed == set(CASES) - generated
     assert len(CASES) >= 30
-    assert {spec["code"] for spec in CASES.values()} <= NON_RETRYABLE_CODES
+    assert {spec["code"] for spec in CASES.values()} <= NOT_RETRYABLE
 
 
 @pytest.mark.scenario(AREA, "broken dataset → `sftjob data inspect` exits 2 naming file:line and field")
@@ -150,7 +151,7 @@ def test_preflight(dataset: Path, request: pytest.FixtureRequest, tiny_tokenizer
         prepare_dataset(DatasetSpec.model_validate({"train": {"uri": str(dataset)}}), tiny_tokenizer, seed=42)
     err = caught.value
     assert err.code == case.code
-    assert err.code in NON_RETRYABLE_CODES
+    assert err.code in NOT_RETRYABLE
     assert err.line == case.line
     assert err.field == case.field
     assert case.message in str(err)

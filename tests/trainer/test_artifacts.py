@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from sftjob_api.progress import FORGETTING_EXCEEDED, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import ForgettingResult, parse_sftjob
 from sftjob_trainer.artifacts import manifest, model_card
 
@@ -31,7 +32,8 @@ def test_forgetting_is_reported_and_only_an_exceeded_gate_marks_the_output(excee
                               max_forgetting=1.1, exceeded=exceeded)
     body = json.loads(manifest(JOB, _progress(result), {}, None, {}))
     assert body["evaluation"] == {"forgetting": result.to_wire(), "metrics": [], "tasks": []}
-    assert body["degraded"] == ([{"reason": FORGETTING_EXCEEDED, "message": result.summary()}] if exceeded else [])
+    degraded = [{"reason": ErrorCode.FORGETTING_EXCEEDED, "message": result.summary()}]
+    assert body["degraded"] == (degraded if exceeded else [])
     card = model_card(JOB, _progress(result), "s3://out/sft/j", True, False)
     assert "## Forgetting\n\nMean token loss on 8 rows of `s3://data/reference.jsonl`" in card
     assert result.summary() in card

@@ -10,7 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
-from sftjob_api.progress import FORGETTING_EXCEEDED, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import EvaluationSpec, SFTJob
 from sftjob_trainer.config import context_for
 from sftjob_trainer.errors import TrainerError
@@ -160,7 +161,7 @@ def test_the_result_and_the_gate_both_ways() -> None:
     with pytest.raises(TrainerError) as caught:
         check_gate(EvaluationSpec.model_validate({"onForgetting": "fail"}), above)
     assert (caught.value.code, caught.value.field, caught.value.retryable) == (
-        FORGETTING_EXCEEDED, "spec.evaluation.maxForgetting", False)
+        ErrorCode.FORGETTING_EXCEEDED, "spec.evaluation.maxForgetting", False)
     assert "ratio 1.600, above evaluation.maxForgetting 1.5" in caught.value.message
     check_gate(EvaluationSpec.model_validate({"onForgetting": "fail"}), within)
 
@@ -214,10 +215,10 @@ def test_degrade_mode_keeps_the_outputs_and_marks_them(ray_cluster: None, tiny_m
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["evaluation"]["forgetting"] == result.to_wire()
     assert manifest["evaluation"]["seconds"] > 0  # evaluation's own time, beside the forgetting figure
-    assert manifest["degraded"] == [{"reason": FORGETTING_EXCEEDED, "message": result.summary()}]
+    assert manifest["degraded"] == [{"reason": ErrorCode.FORGETTING_EXCEEDED, "message": result.summary()}]
     assert "adapter/adapter_model.safetensors" in manifest["files"]
     card = (out / "README.md").read_text()
-    assert f"> **Degraded ({FORGETTING_EXCEEDED})**: {result.summary()}" in card and "## Forgetting" in card
+    assert f"> **Degraded ({ErrorCode.FORGETTING_EXCEEDED})**: {result.summary()}" in card and "## Forgetting" in card
     assert f"{result.summary()}\n" in printed
     assert result.summary().startswith(f"forgetting on the reference set ({result.tokens} tokens): base loss ")
     assert "DEGRADED: " in printed
@@ -234,10 +235,11 @@ def test_fail_mode_fails_above_the_gate_without_a_manifest(ray_cluster: None, ti
                                "onForgetting": "fail"})
     with pytest.raises(TrainerError) as caught:
         run_job(context_for(job, 1))
-    assert (caught.value.code, caught.value.field) == (FORGETTING_EXCEEDED, "spec.evaluation.maxForgetting")
+    assert (caught.value.code, caught.value.field) == (ErrorCode.FORGETTING_EXCEEDED, "spec.evaluation.maxForgetting")
     failed = tmp_path / "forget-fail"
     progress = ProgressFile.model_validate_json((failed / "progress.json").read_text())
-    assert progress.phase == "Failed" and progress.error is not None and progress.error.code == FORGETTING_EXCEEDED
+    assert progress.phase == "Failed" and progress.error is not None
+    assert progress.error.code == ErrorCode.FORGETTING_EXCEEDED
     assert not progress.error.retryable
     assert progress.evaluation is not None and progress.evaluation.forgetting is not None
     result = progress.evaluation.forgetting

@@ -17,7 +17,8 @@ from typing import Any, cast
 import pytest
 import torch
 
-from sftjob_api.progress import NON_FINITE_LOSS, PROGRESS_FILE, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import PROGRESS_FILE, ProgressFile
 from sftjob_api.types import LossSpikeSpec
 from sftjob_trainer import worker
 from sftjob_trainer.errors import TrainerError
@@ -127,7 +128,8 @@ def test_nan_loss_stops_before_the_optimizer_applies_it(tiny_model_dir: Path, co
     with pytest.raises(TrainerError) as caught:
         trainer.train()
     err = caught.value
-    assert (err.code, err.field, err.retryable) == (NON_FINITE_LOSS, "spec.hyperparameters.learningRate", True)
+    assert (err.code, err.field, err.retryable) == (ErrorCode.NON_FINITE_LOSS, "spec.hyperparameters.learningRate",
+                                                    True)
     assert "the training loss became nan at step 3 of 6" in err.message
     assert trainer.state.global_step == 2
     # The weights and the optimizer state are those after step 2: step 3's NaN gradients never reached them.
@@ -153,7 +155,7 @@ def test_infinite_gradient_with_a_finite_loss_stops(tiny_model_dir: Path, copy_d
     trainer, _, _, _ = _train(tiny_model_dir, copy_data, tmp_path, monkeypatch, inf_grad_at_2, progress=earlier)
     with pytest.raises(TrainerError) as caught:
         trainer.train()
-    assert caught.value.code == NON_FINITE_LOSS
+    assert caught.value.code == ErrorCode.NON_FINITE_LOSS
     assert caught.value.message.startswith(
         "the gradient norm became non-finite (a NaN or infinite gradient) at step 2 of 6")
     # A second occurrence in the job (the earlier attempt's, from progress.json) is not retried.
@@ -219,7 +221,7 @@ def test_spike_detector_median_window() -> None:
 
 def test_non_finite_error_is_retryable_only_the_first_time() -> None:
     first = non_finite_error("the training loss became nan", 7, 100, [])
-    assert (first.code, first.retryable) == (NON_FINITE_LOSS, True)
+    assert (first.code, first.retryable) == (ErrorCode.NON_FINITE_LOSS, True)
     assert first.message.startswith("the training loss became nan at step 7 of 100; the optimizer did not apply")
     assert "resumes from the last checkpoint" in first.message
     again = non_finite_error("the training loss became inf", 7, None, [7])

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import psutil
 import pytest
 
-from sftjob_api.progress import UNSCHEDULABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_trainer import local_ray
 from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.local_ray import (
@@ -160,7 +160,7 @@ def test_workers_a_cluster_of_one_machine_cannot_place_fail_naming_the_field_and
 ) -> None:
     with pytest.raises(TrainerError) as failed:
         check_resources(cluster, workers, cpus, gpus)
-    assert (failed.value.code, failed.value.field, failed.value.retryable) == (UNSCHEDULABLE, field, False)
+    assert (failed.value.code, failed.value.field, failed.value.retryable) == (ErrorCode.UNSCHEDULABLE, field, False)
     assert failed.value.message.endswith(fix)
 
 

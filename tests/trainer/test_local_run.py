@@ -31,7 +31,8 @@ from tests.support.trainer_process import (
 )
 from tests.support.trainer_process import start as start_process
 
-from sftjob_api.progress import CANCELLED, UNSCHEDULABLE, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import ProgressFile
 from sftjob_trainer.interrupts import EXIT_CANCELLED
 
 from .conftest import job_document
@@ -111,13 +112,13 @@ def interrupted_runs(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
 def assert_cancelled(run: Stopped, signal_name: str) -> None:
     assert run.returncode == EXIT_CANCELLED, run.stderr[-3000:]
     assert run.progress.phase == "Failed" and run.progress.error is not None, run.progress
-    assert run.progress.error.code == CANCELLED and signal_name in run.progress.error.message
+    assert run.progress.error.code == ErrorCode.CANCELLED and signal_name in run.progress.error.message
     assert not run.manifest
     assert run.leftovers == []
     # The report keeps what rank 0 had written: its step and the checkpoints a rerun resumes from.
     assert run.progress.step >= run.before_signal.step
     assert max(c.step for c in run.progress.checkpoints) >= max(c.step for c in run.before_signal.checkpoints)
-    assert f"{CANCELLED}: stopped by {signal_name}" in run.stderr
+    assert f"{ErrorCode.CANCELLED}: stopped by {signal_name}" in run.stderr
     for marker in CRASH_MARKERS:
         assert marker not in run.stderr, run.stderr[-3000:]
 
@@ -155,7 +156,7 @@ def test_default_gpus_per_worker_without_a_gpu_exits_2_naming_the_field(tmp_path
     assert "spec.compute.gpusPerWorker" in err and "gpusPerWorker: 0" in err and "Traceback" not in err
     progress = read_progress(tmp_path / "out" / "wants-a-gpu")
     assert progress is not None and progress.phase == "Failed" and progress.error is not None
-    assert (progress.error.code, progress.error.field) == (UNSCHEDULABLE, "spec.compute.gpusPerWorker")
+    assert (progress.error.code, progress.error.field) == (ErrorCode.UNSCHEDULABLE, "spec.compute.gpusPerWorker")
     assert progress.step == 0 and not (tmp_path / "out" / "wants-a-gpu" / "checkpoints").exists()  # no Ray Train
     assert not (tmp_path / "out" / "wants-a-gpu" / "manifest.json").exists()
     assert session_processes(proc.pid) == []

@@ -24,7 +24,7 @@ from tests.support.trainer_process import (
     wait_for_exit,
 )
 
-from sftjob_api.progress import CANCELLED
+from sftjob_api.codes import ErrorCode
 from sftjob_trainer.interrupts import EXIT_CANCELLED
 
 from .conftest import job_document
@@ -66,7 +66,7 @@ def test_sigterm_reports_cancelled_and_stops_the_workers_of_a_joined_cluster(
     wait_for_exit(proc, stderr, STOP_TIMEOUT_S)
     text = stderr.read_text()
     assert proc.returncode == EXIT_CANCELLED, text[-3000:]
-    assert f"{CANCELLED}: stopped by SIGTERM" in text
+    assert f"{ErrorCode.CANCELLED}: stopped by SIGTERM" in text
     for marker in CRASH_MARKERS:
         assert marker not in text, text[-3000:]
     # The cluster outlives its job; the job's actors do not (Ray ends them with their owner, asynchronously).
@@ -77,6 +77,6 @@ def test_sigterm_reports_cancelled_and_stops_the_workers_of_a_joined_cluster(
     assert ray.cluster_resources().get("CPU")
     progress = read_progress(output)  # read after rank 0 is gone: nothing can overwrite it any more
     assert progress is not None and progress.phase == "Failed" and progress.error is not None
-    assert progress.error.code == CANCELLED and progress.error.retryable
+    assert progress.error.code == ErrorCode.CANCELLED and progress.error.retryable
     assert progress.checkpoints and progress.step >= max(c.step for c in progress.checkpoints)
     assert not (output / "manifest.json").exists()

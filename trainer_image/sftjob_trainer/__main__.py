@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import sys
 
-from sftjob_api.progress import CANCELLED
+from sftjob_api.codes import ErrorCode
 from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.interrupts import EXIT_CANCELLED
 
@@ -26,7 +26,7 @@ def main() -> int:
         result = run_job(ctx)
     except TrainerError as err:
         print(f"sftjob-trainer: {err.code}: {err.message}", file=sys.stderr)
-        return EXIT_CANCELLED if err.code == CANCELLED else 1
+        return EXIT_CANCELLED if err.code == ErrorCode.CANCELLED else 1
     print(f"sftjob-trainer: succeeded after {result.progress.step} steps; artifacts in {result.output_uri}")
     return 0
 

@@ -8,7 +8,13 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import ADAPTER_DIR, FORGETTING_EXCEEDED, MANIFEST_FILE, MODEL_DIR, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import (
+    ADAPTER_DIR,
+    MANIFEST_FILE,
+    MODEL_DIR,
+    ProgressFile,
+)
 from sftjob_api.types import SFTJob
 from sftjob_trainer import storage
 from sftjob_trainer.data.mixture import eval_loss_table
@@ -164,7 +170,8 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         forgetting_text = (f"## Forgetting\n\nMean token loss on {forgetting.rows} rows of `{reference}` before and "
                            f"after training (the ratio is fine-tuned over base): {forgetting.summary()}.\n\n")
         if forgetting.exceeded:
-            warning = (f"> **Degraded ({FORGETTING_EXCEEDED})**: {forgetting.summary()}. The outputs were kept "
+            warning = (f"> **Degraded ({ErrorCode.FORGETTING_EXCEEDED})**: {forgetting.summary()}. "
+                       "The outputs were kept "
                        "(`evaluation.onForgetting: degrade`): check what the model lost before using it.\n\n")
     distilled = progress.distillation
     if distilled is not None and spec.distillation is not None:
@@ -221,7 +228,7 @@ def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any
     generated training data (`spec.distillation`; `data/distilled.jsonl` is then among the files), else null.
     """
     forgetting = progress.evaluation.forgetting if progress.evaluation else None
-    degraded = ([{"reason": FORGETTING_EXCEEDED, "message": forgetting.summary()}]
+    degraded = ([{"reason": ErrorCode.FORGETTING_EXCEEDED, "message": forgetting.summary()}]
                 if forgetting is not None and forgetting.exceeded else [])
     base_model: dict[str, Any] = {"source": job.spec.model.source, "revision": base_revision}
     if gguf is not None:

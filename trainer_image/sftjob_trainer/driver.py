@@ -17,7 +17,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-from sftjob_api.progress import CANCELLED, CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import (
+    CHECKPOINTS_DIR,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    ProgressFile,
+)
 from sftjob_api.types import EvaluationStatus, Metrics
 from sftjob_trainer import faults, storage, tracking
 from sftjob_trainer.artifacts import (
@@ -319,7 +325,7 @@ def _cancelled(ctx: JobContext, writer: ProgressWriter, signal_name: str) -> Tra
     else:
         after = f"the newest checkpoint is at step {newest}"
     total = f" of {state.total_steps}" if state.total_steps else ""
-    return TrainerError(CANCELLED, f"stopped by {signal_name} at step {state.step}{total}; {after}")
+    return TrainerError(ErrorCode.CANCELLED, f"stopped by {signal_name} at step {state.step}{total}; {after}")
 
 
 def _report(writer: ProgressWriter, err: TrainerError) -> None:

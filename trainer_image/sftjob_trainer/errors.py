@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sftjob_api.progress import OUT_OF_MEMORY, RETRYABLE_CODES
+from sftjob_api.codes import RETRYABLE, ErrorCode
 from sftjob_api.types import ErrorStatus
 
 
@@ -22,7 +22,7 @@ class TrainerError(Exception):
         self.code = code
         self.message = message
         self.field = field
-        self.retryable = code in RETRYABLE_CODES if retryable is None else retryable
+        self.retryable = code in RETRYABLE if retryable is None else retryable
 
     def __reduce__(self) -> tuple[type[TrainerError], tuple[str, str, str | None, bool]]:
         # Ray pickles worker exceptions to the driver; keep code, field and retryable across.
@@ -44,7 +44,7 @@ def out_of_memory(where: str, detail: str) -> TrainerError:
         An `OutOfMemory` error (not retryable: the same settings fail again).
     """
     return TrainerError(
-        OUT_OF_MEMORY,
+        ErrorCode.OUT_OF_MEMORY,
         f"out of memory during {where} ({detail.strip().splitlines()[0][:300]}); lower "
         "hyperparameters.perDeviceBatchSize or dataset.maxSeqLength, turn on hyperparameters.gradientCheckpointing, "
         "use method.type lora/qlora, or give the workers more memory (compute.memoryPerWorker / a larger GPU)",

@@ -17,7 +17,7 @@ import logging
 import math
 from typing import Any, Final
 
-from sftjob_api.progress import FORGETTING_EXCEEDED
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import EvaluationSpec, ForgettingResult, SFTJobSpec
 from sftjob_trainer.data import IGNORE_INDEX, DataError, PaddedCollator, encode_conversations, read_dataset
 from sftjob_trainer.data.formats import convert_rows
@@ -159,7 +159,7 @@ def check_gate(evaluation: EvaluationSpec, result: ForgettingResult | None) -> N
         return
     if evaluation.on_forgetting == "fail":
         raise TrainerError(
-            FORGETTING_EXCEEDED,
+            ErrorCode.FORGETTING_EXCEEDED,
             f"{result.summary()} (onForgetting: fail; no manifest.json is written): lower "
             "hyperparameters.learningRate or epochs, use a smaller lora.r, mix general data into the training "
             "set, or raise evaluation.maxForgetting",

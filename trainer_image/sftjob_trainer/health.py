@@ -36,7 +36,8 @@ import statistics
 from collections import deque
 from typing import Any
 
-from sftjob_api.progress import MAX_SKIPPED_STEPS, NON_FINITE_LOSS, ProgressFile
+from sftjob_api.codes import ErrorCode
+from sftjob_api.progress import MAX_SKIPPED_STEPS, ProgressFile
 from sftjob_api.types import LossSpikeSpec
 from sftjob_trainer.errors import TrainerError
 
@@ -94,7 +95,7 @@ def non_finite_error(problem: str, step: int, total_steps: int | None, earlier_s
         seen = ", ".join(str(s) for s in earlier_steps)
         after = f"it already happened at step {seen} in an earlier attempt, so the job is not retried"
     return TrainerError(
-        NON_FINITE_LOSS,
+        ErrorCode.NON_FINITE_LOSS,
         f"{problem} at step {step}{of}; the optimizer did not apply it, and {after}. "
         "Lower hyperparameters.learningRate or raise warmupRatio, keep hyperparameters.maxGradNorm above 0, "
         "check the training rows of this step for empty or corrupt examples, and prefer precision bf16 or fp32 "

@@ -27,7 +27,7 @@ import threading
 from collections.abc import Mapping
 from types import TracebackType
 
-from sftjob_api.progress import UNSCHEDULABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_trainer.errors import TrainerError
 
 RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
@@ -106,14 +106,14 @@ def check_resources(cluster: Mapping[str, float], num_workers: int, cpus_per_wor
         fixes = [f"spec.compute.numWorkers: {fits}"] if fits else []
         fixes.append("spec.compute.gpusPerWorker: 0 to train on CPU")
         raise TrainerError(
-            UNSCHEDULABLE,
+            ErrorCode.UNSCHEDULABLE,
             f"this machine's Ray cluster has {_count(gpus, 'GPU')} but {asks} {_count(gpus_per_worker, 'GPU')}"
             f"{' (gpusPerWorker defaults to 1)' if gpus_per_worker == 1 else ''}: set {' or '.join(fixes)}",
             "spec.compute.gpusPerWorker",
         )
     if num_workers * cpus_per_worker > cpus:
         raise TrainerError(
-            UNSCHEDULABLE,
+            ErrorCode.UNSCHEDULABLE,
             f"this machine's Ray cluster has {_count(cpus, 'CPU')} but {asks} {_count(cpus_per_worker, 'CPU')}"
             f": set spec.compute.numWorkers: {max(1, cpus // cpus_per_worker)}",
             "spec.compute.numWorkers",

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
-from sftjob_api.progress import TEACHER_UNAVAILABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DistillationSpec, DistillationStats, SFTJobSpec, TrainingData
 from sftjob_trainer import storage
 from sftjob_trainer.distill import cache, filters, prompts, self_instruct, teacher
@@ -181,7 +181,8 @@ class _Teacher:
         report(force=True)
         lost = [r.key for r in requests if r.key not in self.replies]
         if lost:
-            raise TrainerError(TEACHER_UNAVAILABLE, f"the teacher at {config.endpoint} left {len(lost)} of {total} "
+            raise TrainerError(ErrorCode.TEACHER_UNAVAILABLE,
+                               f"the teacher at {config.endpoint} left {len(lost)} of {total} "
                                "requests without a reply; the next attempt asks for them again",
                                "distillation.teacher.endpoint")
         replies = [self.replies[r.key] for r in requests]

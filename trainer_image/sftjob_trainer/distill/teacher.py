@@ -47,7 +47,7 @@ from typing import Any, Final
 
 import aiohttp
 
-from sftjob_api.progress import TEACHER_UNAVAILABLE
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DistillationSpec
 from sftjob_trainer.errors import TrainerError
 
@@ -402,7 +402,7 @@ def failure_error(text: str, config: TeacherConfig, failure: TeacherFailure, api
         first = next((line.strip() for line in text.splitlines() if line.strip()), type(text).__name__)
         cause = f"failed: {first[:ERROR_CHARS]}"
     return TrainerError(
-        TEACHER_UNAVAILABLE,
+        ErrorCode.TEACHER_UNAVAILABLE,
         f"{where} {cause}; {failure.done} of {failure.total} answers of this run were received and are kept: the "
         "next attempt continues from them",
         "distillation.teacher.endpoint",
