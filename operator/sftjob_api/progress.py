@@ -1,4 +1,4 @@
-"""The contract between the trainer and the operator: the output layout and `progress.json`.
+"""The contract between the trainer and the operator: `progress.json` (the output layout is in layout.py).
 
 The trainer (rank 0) atomically replaces `<job output>/progress.json` with a `ProgressFile`;
 the operator reads it at a throttled interval and copies it into the SFTJob status. Both sides
@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from sftjob_api.base import ApiModel, StorageUri, Text
+from sftjob_api.base import ApiModel, Text
 from sftjob_api.types import (
     CheckpointRef,
     DatasetStats,
@@ -22,15 +22,6 @@ from sftjob_api.types import (
     ResolvedSettings,
     TrackingStatus,
 )
-
-PROGRESS_FILE = "progress.json"
-METRICS_FILE = "metrics.jsonl"
-MANIFEST_FILE = "manifest.json"
-CHECKPOINTS_DIR = "checkpoints"
-ADAPTER_DIR = "adapter"
-MODEL_DIR = "model"
-# The prepared dataset, cached by content hash, so a retry in a fresh pod skips tokenisation.
-DATA_CACHE_DIR = "cache/data"
 
 TrainerPhase = Literal["Initializing", "Generating", "Preparing", "Running", "Exporting", "Succeeded", "Failed"]
 
@@ -129,34 +120,8 @@ def format_duration(seconds: float) -> str:
     return f"{secs}s"
 
 
-def job_output_uri(output_uri: str, name: str, namespace: str | None) -> StorageUri:
-    """The directory of one job's artifacts: `<output>/<namespace>/<name>` (local runs: `<output>/<name>`).
-
-    Names are DNS-1123 labels (validated by the API types), so they cannot add path segments
-    such as `..` or `/`.
-
-    Args:
-        output_uri: `spec.output.uri`.
-        name: The SFTJob name.
-        namespace: The SFTJob namespace; None for local runs.
-
-    Returns:
-        The job's output URI, without a trailing slash.
-    """
-    parts = [output_uri.rstrip("/")] + ([namespace] if namespace else []) + [name]
-    return "/".join(parts)
-
-
 __all__ = [
-    "ADAPTER_DIR",
-    "CHECKPOINTS_DIR",
-    "DATA_CACHE_DIR",
-    "MANIFEST_FILE",
     "MAX_SKIPPED_STEPS",
-    "METRICS_FILE",
-    "MODEL_DIR",
-    "PROGRESS_FILE",
     "ProgressFile",
     "format_duration",
-    "job_output_uri",
 ]

@@ -544,6 +544,16 @@ class MethodSpec(ApiModel):
             raise ValueError("freeze: type freeze needs freeze.trainableLayers")
         return self
 
+    @property
+    def is_adapter(self) -> bool:
+        """Whether the method trains a PEFT adapter (saved as `adapter/`) instead of the model's weights."""
+        return self.type in ("lora", "qlora", "prompt_tuning")
+
+    @property
+    def can_merge(self) -> bool:
+        """Whether the adapter can be merged into the base weights (LoRA and QLoRA; virtual tokens cannot)."""
+        return self.type in ("lora", "qlora")
+
 
 # ------------------------------------------------------------------------------------ hyperparameters
 

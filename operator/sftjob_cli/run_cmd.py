@@ -31,7 +31,8 @@ def _follow(output_uri: str, done: threading.Event) -> None:
     """Draw a progress bar from progress.json until `done` is set."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from sftjob_api.progress import PROGRESS_FILE, ProgressFile
+    from sftjob_api.layout import PROGRESS_FILE
+    from sftjob_api.progress import ProgressFile
     from sftjob_trainer import storage
     from sftjob_trainer.distill.driver_step import generation_counts
     from sftjob_trainer.reporting import eta_seconds, format_duration

@@ -23,14 +23,8 @@ from typing import Any, Literal
 
 from sftjob_api.codes import NOT_RETRYABLE, RETRYABLE, ErrorCode, Reason
 from sftjob_api.errors import FieldProblem
-from sftjob_api.progress import (
-    ADAPTER_DIR,
-    MANIFEST_FILE,
-    MODEL_DIR,
-    ProgressFile,
-    format_duration,
-    job_output_uri,
-)
+from sftjob_api.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR, artifacts_for, job_output_uri
+from sftjob_api.progress import ProgressFile, format_duration
 from sftjob_api.types import (
     MAX_HISTORY,
     AttemptRecord,
@@ -350,13 +344,11 @@ def _fill_progress(status: SFTJobStatus, progress: ProgressFile) -> list[Event]:
 def output_status(job: SFTJob) -> OutputStatus:
     """The artifact URIs of a job whose `manifest.json` exists."""
     uri = job_output_uri(job.spec.output.uri, job.name, job.metadata.namespace)
-    method = job.spec.method.type
-    adapter = method in ("lora", "qlora", "prompt_tuning") and job.spec.output.save_adapter
-    model = method in ("full", "freeze") or (method in ("lora", "qlora") and job.spec.output.merge_adapter)
+    artifacts = artifacts_for(job.spec)
     return OutputStatus(
         uri=uri,
-        adapter_uri=f"{uri}/{ADAPTER_DIR}" if adapter else None,
-        model_uri=f"{uri}/{MODEL_DIR}" if model else None,
+        adapter_uri=f"{uri}/{ADAPTER_DIR}" if artifacts.adapter else None,
+        model_uri=f"{uri}/{MODEL_DIR}" if artifacts.model else None,
         manifest_uri=f"{uri}/{MANIFEST_FILE}",
     )
 

@@ -19,7 +19,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sftjob_api.progress import MANIFEST_FILE, PROGRESS_FILE, ProgressFile, job_output_uri
+from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE, job_output_uri
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob
 from sftjob_operator.status import ProgressSnapshot
 

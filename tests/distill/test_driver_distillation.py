@@ -25,7 +25,8 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from distill_helpers import ARITHMETIC, FakeTeacher, write_jsonl
 
-from sftjob_api.progress import MANIFEST_FILE, PROGRESS_FILE, ProgressFile
+from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import DISTILLED_TRAIN_URI, DistillationStats, SFTJob, parse_sftjob
 from sftjob_trainer.artifacts import manifest
 from sftjob_trainer.config import absolute_paths, context_for

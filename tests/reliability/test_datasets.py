@@ -20,7 +20,8 @@ import pytest
 import yaml
 
 from sftjob_api.codes import NOT_RETRYABLE
-from sftjob_api.progress import PROGRESS_FILE, ProgressFile
+from sftjob_api.layout import PROGRESS_FILE
+from sftjob_api.progress import ProgressFile
 
 REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "tests" / "corpus" / "datasets"

@@ -15,7 +15,8 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from sftjob_api.progress import MANIFEST_FILE, PROGRESS_FILE, ProgressFile, job_output_uri
+from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE, job_output_uri
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob
 from support.operator_env import wait_for
 

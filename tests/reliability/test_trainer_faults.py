@@ -24,7 +24,8 @@ from typing import Any
 
 import pytest
 
-from sftjob_api.progress import MANIFEST_FILE, PROGRESS_FILE, ProgressFile
+from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_trainer import storage
 from sftjob_trainer.demo import write_copy_task
 from sftjob_trainer.faults import KILL_WORKER_AT_STEP_ENV

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from sftjob_api.codes import ErrorCode
-from sftjob_api.progress import PROGRESS_FILE, ProgressFile
+from sftjob_api.layout import PROGRESS_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import LossSpikeSpec
 from sftjob_trainer import worker
 from sftjob_trainer.errors import TrainerError

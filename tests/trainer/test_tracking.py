@@ -25,7 +25,8 @@ from pydantic import ValidationError
 from tests.conftest import _free_port
 from tests.trainer.conftest import job_document
 
-from sftjob_api.progress import MANIFEST_FILE, ProgressFile
+from sftjob_api.layout import MANIFEST_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import (
     DatasetStats,
     EvaluationStatus,

@@ -9,12 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.codes import ErrorCode
-from sftjob_api.progress import (
-    ADAPTER_DIR,
-    MANIFEST_FILE,
-    MODEL_DIR,
-    ProgressFile,
-)
+from sftjob_api.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob
 from sftjob_trainer import storage
 from sftjob_trainer.data.mixture import eval_loss_table

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from sftjob_api.errors import describe_validation_error
-from sftjob_api.progress import job_output_uri
+from sftjob_api.layout import job_output_uri
 from sftjob_api.types import DISTILLED_TRAIN_URI, SFTJob, parse_sftjob
 from sftjob_trainer.errors import TrainerError
 

@@ -18,12 +18,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 from sftjob_api.codes import ErrorCode
-from sftjob_api.progress import (
-    CHECKPOINTS_DIR,
-    MANIFEST_FILE,
-    METRICS_FILE,
-    ProgressFile,
-)
+from sftjob_api.layout import CHECKPOINTS_DIR, MANIFEST_FILE, METRICS_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import EvaluationStatus, Metrics
 from sftjob_trainer import faults, storage, tracking
 from sftjob_trainer.artifacts import (
@@ -49,7 +45,7 @@ from sftjob_trainer.forgetting import check_gate, reference_rows
 from sftjob_trainer.hparams import Device, Plan, precision, resolve, training_arguments
 from sftjob_trainer.interrupts import Interruption, interruptible_trainer
 from sftjob_trainer.local_ray import ControlPlanePriority, check_resources, init_ray, shutdown
-from sftjob_trainer.methods import check_device, is_adapter_method
+from sftjob_trainer.methods import check_device
 from sftjob_trainer.reporting import ProgressWriter, read_metrics
 
 if TYPE_CHECKING:
@@ -543,7 +539,7 @@ def export(ctx: JobContext, rank0: Rank0Result, writer: ProgressWriter, model_di
     publish(EVAL_REPORT_FILE, render_report(ctx.job.name, spec.evaluation, evaluation, samples, rank0.answers,
                                             LOSS_PLOT_FILE, METRIC_PLOT_FILE if curves else None,
                                             progress.dataset).encode())
-    adapter = is_adapter_method(spec.method)
+    adapter = spec.method.is_adapter
     gguf = origin_of(model_dir)
     publish(MODEL_CARD_FILE, model_card(ctx.job, progress, ctx.output_uri, adapter and spec.output.save_adapter,
                                         spec.output.merge_adapter, gguf).encode())

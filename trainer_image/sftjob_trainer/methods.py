@@ -11,13 +11,6 @@ from typing import Any
 from sftjob_api.types import MethodSpec
 from sftjob_trainer.errors import TrainerError
 
-ADAPTER_METHODS = frozenset({"lora", "qlora", "prompt_tuning"})
-
-
-def is_adapter_method(method: MethodSpec) -> bool:
-    """Whether the method trains a PEFT adapter (saved as `adapter/`) instead of the model's weights."""
-    return method.type in ADAPTER_METHODS
-
 
 def check_device(method: MethodSpec, cuda: bool) -> None:
     """Fail early for a method the device cannot run.

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR
+from sftjob_api.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR
 from sftjob_api.types import EvaluationStatus, ForgettingResult, ModelSpec, SFTJobSpec
 from sftjob_trainer import storage
 from sftjob_trainer.artifacts import EVAL_REPORT_FILE, EVAL_SAMPLES_FILE, LOSS_PLOT_FILE, generate_answers

@@ -14,7 +14,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sftjob_api.progress import METRICS_FILE, PROGRESS_FILE, ProgressFile, TrainerPhase, format_duration
+from sftjob_api.layout import METRICS_FILE, PROGRESS_FILE
+from sftjob_api.progress import ProgressFile, TrainerPhase, format_duration
 from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, Metrics, ResolvedSettings
 from sftjob_trainer import storage
 

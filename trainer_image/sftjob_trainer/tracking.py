@@ -39,7 +39,8 @@ from collections.abc import Iterable, Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import MANIFEST_FILE, ProgressFile
+from sftjob_api.layout import MANIFEST_FILE
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import (
     MlflowRunStatus,
     MlflowTrackingSpec,

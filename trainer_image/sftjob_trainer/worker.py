@@ -17,7 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sftjob_api.progress import ADAPTER_DIR, MODEL_DIR, ProgressFile
+from sftjob_api.layout import ADAPTER_DIR, MODEL_DIR
+from sftjob_api.progress import ProgressFile
 from sftjob_api.types import BenchmarkResult, CheckpointRef, ForgettingResult, SFTJob, parse_sftjob
 from sftjob_trainer import storage
 from sftjob_trainer.artifacts import generate_answers, publish_dir
@@ -26,7 +27,6 @@ from sftjob_trainer.evaluation import Answers, Sample, during_training_callback
 from sftjob_trainer.faults import KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV, fault_callbacks
 from sftjob_trainer.forgetting import forgetting_result, mean_token_loss
 from sftjob_trainer.health import HealthGuard
-from sftjob_trainer.methods import is_adapter_method
 from sftjob_trainer.reporting import ProgressWriter, merge_metrics, metrics_from_log
 from sftjob_trainer.tracking import tracking_callback
 
@@ -510,7 +510,7 @@ def export_rank0(config: dict[str, Any], spec: Any, model: Any, tokenizer: Any, 
     template, stops = config["export_template"], config["stop_token_ids"]
     prepare_for_export(model, tokenizer, template, stops)
     served: tuple[Path, Path | None] | None = None  # (directory, base for an adapter) a server would load
-    if is_adapter_method(spec.method):
+    if spec.method.is_adapter:
         if spec.output.save_adapter:
             adapter = tmp / ADAPTER_DIR
             model.save_pretrained(str(adapter))

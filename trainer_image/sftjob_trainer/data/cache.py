@@ -30,7 +30,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sftjob_api.progress import DATA_CACHE_DIR
+from sftjob_api.layout import DATA_CACHE_DIR
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer import storage
 from sftjob_trainer.data.report import DataReport, Sample, SourceReport
