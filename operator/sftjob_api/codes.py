@@ -79,6 +79,9 @@ class ErrorCode(StrEnum):
     """KubeRay rejected the RayJob the operator rendered (its ValidationFailed)."""
     OUTPUT_INCOMPLETE = "OutputIncomplete"
     """The trainer said it succeeded, but manifest.json never appeared under the output."""
+    RAYJOB_DELETED = "RayJobDeleted"
+    """The attempt's RayJob was deleted by someone other than the operator while the attempt ran (the operator
+    deletes RayJobs only of jobs that end). The next attempt resumes from the latest checkpoint."""
 
     @property
     def retryable(self) -> bool | None:
@@ -103,6 +106,7 @@ RETRYABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.CANCELLED,
         ErrorCode.STALLED,
         ErrorCode.TEACHER_UNAVAILABLE,
+        ErrorCode.RAYJOB_DELETED,
     }
 )
 """Codes the operator retries (up to `runPolicy.backoffLimit`): the same job may well succeed next time."""
@@ -138,6 +142,29 @@ class Reason(StrEnum):
     judgement is missing from the report, never the training."""
     OOM_KILLED = "OOMKilled"
     """A container of the attempt was OOMKilled (a failure without a trainer report becomes OutOfMemory)."""
+    VALIDATED = "Validated"
+    """The condition that says whether the spec validates, and the event of a spec found valid."""
+    VALID = "Valid"
+    """The reason of `Validated=True`."""
+    DEGRADED = "Degraded"
+    """The condition of a job that succeeded with outputs marked degraded (`evaluation.onForgetting: degrade`)."""
+    PODS_HEALTHY = "PodsHealthy"
+    """The condition the pod diagnosis sets: False with the most urgent problem's reason while one shows, True
+    once it cleared; absent on a job whose pods never showed one."""
+    HEALTHY = "Healthy"
+    """The reason of `PodsHealthy=True` once a problem the pods showed cleared."""
+    PROGRESSING = "Progressing"
+    """The reason of `Stalled=False` once the attempt after a stall writes progress.json again."""
+    RESUMING = "Resuming"
+    """The reason of a Pending job whose RayJob's `suspend` is being cleared (KubeRay brings the cluster back)."""
+    RESUMED = "Resumed"
+    """The reason of `Suspended=False`, and the event of a job that left Suspended."""
+    RETRYING = "Retrying"
+    """The Warning event of a failed attempt that the next attempt retries."""
+    CHECKPOINT_SAVED = "CheckpointSaved"
+    """The event of a checkpoint newer than any the status listed."""
+    RAYJOB_CREATED = "RayJobCreated"
+    """The event of an attempt's RayJob the operator created."""
 
 
 __all__ = ["NOT_RETRYABLE", "RETRYABLE", "USER_ERRORS", "ErrorCode", "Reason"]

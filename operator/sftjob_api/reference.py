@@ -86,7 +86,7 @@ def render_reference() -> str:
     out = [
         "# SFTJob reference",
         "",
-        "Generated from `operator/sftjob_api/types.py` by `sftjob reference`; do not edit by hand",
+        "Generated from `operator/sftjob_api/types/` by `sftjob reference`; do not edit by hand",
         "(a test fails when this page is stale). Wire names are camelCase.",
         "",
         "## Spec",

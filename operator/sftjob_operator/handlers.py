@@ -17,15 +17,16 @@ from typing import Any
 
 import kopf
 
+from sftjob_api.kuberay import RAYJOB_RESOURCE
+from sftjob_api.types import GROUP, PLURAL, VERSION
 from sftjob_operator import metrics
 from sftjob_operator.rayjob import LABEL_NAME
 from sftjob_operator.service import TRIGGER_SPEC, TRIGGER_TIMER, Reconciler
 from sftjob_operator.settings import Settings
 
-SFTJOBS = ("sftjob.dev", "v1alpha1", "sftjobs")
-RAYJOBS = ("ray.io", "v1", "rayjobs")
-ANNOTATION_PREFIX = "sftjob.dev"
-FINALIZER = "sftjob.dev/kopf-finalizer"
+SFTJOBS = (GROUP, VERSION, PLURAL)
+ANNOTATION_PREFIX = GROUP
+FINALIZER = f"{GROUP}/kopf-finalizer"
 # Failed reconciles of spec changes are retried after this many seconds (timers retry anyway).
 RETRY_BACKOFF_SECONDS = 5.0
 
@@ -97,7 +98,7 @@ def register(
     async def refresh(body: kopf.Body, **_: Any) -> None:
         await service().reconcile(body, TRIGGER_TIMER)
 
-    @kopf.on.event(*RAYJOBS, labels={LABEL_NAME: kopf.PRESENT}, registry=registry)
+    @kopf.on.event(*RAYJOB_RESOURCE, labels={LABEL_NAME: kopf.PRESENT}, registry=registry)
     async def rayjob_changed(body: kopf.Body, **_: Any) -> None:
         await service().on_rayjob(body)
 

@@ -13,14 +13,15 @@ import asyncio
 import base64
 import json
 import os
-from collections.abc import Mapping
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar, cast
 
 import kopf
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes.client.rest import ApiException
 
+from sftjob_api.kuberay import RAYJOB_GROUP, RAYJOB_PLURAL, RAYJOB_VERSION
 from sftjob_api.types import GROUP, PLURAL, VERSION
 from sftjob_operator.rbac import requires
 
@@ -29,7 +30,6 @@ __all__ = ["ApiError", "KubeClient"]
 ApiError = ApiException
 """What a failed call raises (the client's exception), for callers that treat a call as optional."""
 
-RAY_GROUP, RAY_VERSION, RAY_PLURAL = "ray.io", "v1", "rayjobs"
 # Concurrent calls share one connection pool; the client's default (4) would drop connections.
 _POOL_SIZE = 32
 
@@ -45,8 +45,20 @@ def _load_api_client() -> k8s.ApiClient:
     return k8s.ApiClient(configuration)
 
 
-def _missing(err: ApiException) -> bool:
-    return err.status == 404
+T = TypeVar("T")
+
+
+async def _unless_missing(call: Callable[..., T], *args: Any, **kwargs: Any) -> T | None:
+    """Run a blocking client call in a worker thread; None when its object does not exist (404).
+
+    Gets read "absent" as None, and deletes treat an object already gone as deleted.
+    """
+    try:
+        return await asyncio.to_thread(call, *args, **kwargs)
+    except ApiException as err:
+        if err.status == 404:
+            return None
+        raise
 
 
 class KubeClient:
@@ -62,14 +74,7 @@ class KubeClient:
     @requires(GROUP, PLURAL, "get")
     async def get_sftjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SFTJob, or None when it does not exist."""
-        try:
-            return await asyncio.to_thread(
-                self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
-            )
-        except ApiException as err:
-            if _missing(err):
-                return None
-            raise
+        return await _unless_missing(self._custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
 
     @requires(GROUP, f"{PLURAL}/status", "patch")
     async def replace_sftjob_status(self, namespace: str, name: str, status: Mapping[str, Any]) -> None:
@@ -82,45 +87,36 @@ class KubeClient:
     @requires(GROUP, PLURAL, "delete")
     async def delete_sftjob(self, namespace: str, name: str) -> None:
         """Delete the SFTJob (its RayJobs follow through their ownerReferences); absent is fine."""
-        try:
-            await asyncio.to_thread(
-                self._custom.delete_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                propagation_policy="Background",
-            )
-        except ApiException as err:
-            if not _missing(err):
-                raise
+        await _unless_missing(
+            self._custom.delete_namespaced_custom_object,
+            GROUP,
+            VERSION,
+            namespace,
+            PLURAL,
+            name,
+            propagation_policy="Background",
+        )
 
     # ------------------------------------------------------------------------------------- RayJobs
 
-    @requires(RAY_GROUP, RAY_PLURAL, "get")
+    @requires(RAYJOB_GROUP, RAYJOB_PLURAL, "get")
     async def get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The RayJob, or None when it does not exist."""
-        try:
-            return await asyncio.to_thread(
-                self._custom.get_namespaced_custom_object, RAY_GROUP, RAY_VERSION, namespace, RAY_PLURAL, name
-            )
-        except ApiException as err:
-            if _missing(err):
-                return None
-            raise
+        return await _unless_missing(
+            self._custom.get_namespaced_custom_object, RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, name
+        )
 
-    @requires(RAY_GROUP, RAY_PLURAL, "create")
+    @requires(RAYJOB_GROUP, RAYJOB_PLURAL, "create")
     async def create_rayjob(self, manifest: Mapping[str, Any]) -> dict[str, Any] | None:
         """Create a RayJob; None when one of that name already exists (409)."""
         namespace = manifest["metadata"]["namespace"]
         try:
             return await asyncio.to_thread(
                 self._custom.create_namespaced_custom_object,
-                RAY_GROUP,
-                RAY_VERSION,
+                RAYJOB_GROUP,
+                RAYJOB_VERSION,
                 namespace,
-                RAY_PLURAL,
+                RAYJOB_PLURAL,
                 dict(manifest),
             )
         except ApiException as err:
@@ -128,35 +124,31 @@ class KubeClient:
                 return None
             raise
 
-    @requires(RAY_GROUP, RAY_PLURAL, "patch")
+    @requires(RAYJOB_GROUP, RAYJOB_PLURAL, "patch")
     async def set_rayjob_suspend(self, namespace: str, name: str, suspend: bool) -> None:
         """Set a RayJob's `spec.suspend` (KubeRay then deletes or recreates its Ray cluster)."""
         await asyncio.to_thread(
             self._custom.patch_namespaced_custom_object,
-            RAY_GROUP,
-            RAY_VERSION,
+            RAYJOB_GROUP,
+            RAYJOB_VERSION,
             namespace,
-            RAY_PLURAL,
+            RAYJOB_PLURAL,
             name,
             {"spec": {"suspend": suspend}},
         )
 
-    @requires(RAY_GROUP, RAY_PLURAL, "delete")
+    @requires(RAYJOB_GROUP, RAYJOB_PLURAL, "delete")
     async def delete_rayjob(self, namespace: str, name: str) -> None:
         """Delete a RayJob and, in the background, its Ray cluster; absent is fine."""
-        try:
-            await asyncio.to_thread(
-                self._custom.delete_namespaced_custom_object,
-                RAY_GROUP,
-                RAY_VERSION,
-                namespace,
-                RAY_PLURAL,
-                name,
-                propagation_policy="Background",
-            )
-        except ApiException as err:
-            if not _missing(err):
-                raise
+        await _unless_missing(
+            self._custom.delete_namespaced_custom_object,
+            RAYJOB_GROUP,
+            RAYJOB_VERSION,
+            namespace,
+            RAYJOB_PLURAL,
+            name,
+            propagation_policy="Background",
+        )
 
     # ----------------------------------------------------------------------------------------- Pods
 
@@ -178,15 +170,10 @@ class KubeClient:
     @requires("", "secrets", "get")
     async def read_secret(self, namespace: str, name: str) -> dict[str, str] | None:
         """The decoded keys of a Secret, or None when it does not exist. Never log the result."""
-        try:
-            # Unparsed: with its content preloaded, the client would log the body at DEBUG level.
-            response = await asyncio.to_thread(
-                self._core.read_namespaced_secret, name, namespace, _preload_content=False
-            )
-        except ApiException as err:
-            if _missing(err):
-                return None
-            raise
+        # Unparsed: with its content preloaded, the client would log the body at DEBUG level.
+        response = await _unless_missing(self._core.read_namespaced_secret, name, namespace, _preload_content=False)
+        if response is None:
+            return None
         data = json.loads(response.data).get("data") or {}
         return {key: base64.b64decode(value).decode("utf-8", "replace") for key, value in data.items()}
 

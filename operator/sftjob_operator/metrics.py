@@ -2,22 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, get_args
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
-PHASES = (
-    "Pending",
-    "Validating",
-    "Queued",
-    "Initializing",
-    "Generating",
-    "Running",
-    "Exporting",
-    "Succeeded",
-    "Failed",
-    "Suspended",
-)
+from sftjob_api.types import Phase
+
+# Every phase gets a series, zero included, so a dashboard sees a phase empty rather than missing.
+PHASES: tuple[str, ...] = get_args(Phase)
 
 JOBS = Gauge("sftjob_jobs", "SFTJobs seen by this operator, by phase.", ["phase"])
 RECONCILE_SECONDS = Histogram(

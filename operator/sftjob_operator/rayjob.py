@@ -31,26 +31,21 @@ import json
 import re
 from typing import Any
 
-from sftjob_api.errors import FieldProblem
-from sftjob_api.types import API_VERSION, KIND, ComputeSpec, SFTJob
+from sftjob_api.field_problems import FieldProblem
+from sftjob_api.kuberay import RAYJOB_API_VERSION, RAYJOB_KIND
+from sftjob_api.pod_env import ATTEMPT_ENV, CONFIG_ENV, JUDGE_KEY_ENV, TEACHER_KEY_ENV, role_prefix
+from sftjob_api.pod_env import OPENAI_API_KEY as TEACHER_SECRET_KEY
+from sftjob_api.types import API_VERSION, GROUP, KIND, ComputeSpec, SFTJob
 from sftjob_operator.settings import Settings
 
 ENTRYPOINT = "python -m sftjob_trainer"
-CONFIG_ENV = "SFTJOB_CONFIG"
-ATTEMPT_ENV = "SFTJOB_ATTEMPT"
-# The teacher's and the judge's key: the Secret's key, and the variables the trainer reads them from.
-TEACHER_SECRET_KEY = "OPENAI_API_KEY"
-TEACHER_KEY_ENV = "SFTJOB_TEACHER_API_KEY"
-JUDGE_KEY_ENV = "SFTJOB_JUDGE_API_KEY"
 
-LABEL_NAME = "sftjob.dev/name"
-LABEL_ATTEMPT = "sftjob.dev/attempt"
+LABEL_NAME = f"{GROUP}/name"
+LABEL_ATTEMPT = f"{GROUP}/attempt"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY = "sftjob-operator"
 LABEL_QUEUE = "kueue.x-k8s.io/queue-name"
 
-RAYJOB_API_VERSION = "ray.io/v1"
-RAYJOB_KIND = "RayJob"
 # KubeRay derives RayCluster, Service and Pod names from the RayJob name; 47 keeps them within 63.
 MAX_RAYJOB_NAME = 47
 # The Ray version of the trainer image (pinned in pyproject's `trainer` extra).
@@ -231,7 +226,7 @@ def _env_from(job: SFTJob) -> list[dict[str, Any]]:
         entry = {"secretRef": {"name": name}}
         if entry not in plain:
             plain.append(entry)
-    prefixed = [{"prefix": f"SFTJOB_{role.upper()}_", "secretRef": {"name": name}} for role, name in secrets.items()]
+    prefixed = [{"prefix": role_prefix(role), "secretRef": {"name": name}} for role, name in secrets.items()]
     return plain + prefixed
 
 
@@ -276,7 +271,7 @@ def build_rayjob(
     if job.metadata.namespace:
         metadata["namespace"] = job.metadata.namespace
     metadata["labels"] = {**labels, **({LABEL_QUEUE: spec.run_policy.queue_name} if spec.run_policy.queue_name else {})}
-    uid = (job.metadata.model_extra or {}).get("uid")
+    uid = job.metadata.uid
     if uid:
         metadata["ownerReferences"] = [
             {

@@ -14,6 +14,8 @@ import inspect
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from sftjob_api.kuberay import RAYJOB_GROUP, RAYJOB_PLURAL
+from sftjob_api.types import GROUP, PLURAL
 from sftjob_operator import metrics
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -32,12 +34,12 @@ KOPF_PERMISSIONS: frozenset[Permission] = frozenset(
         ("", "namespaces", "list"),
         ("", "namespaces", "watch"),
         # Watching SFTJobs; patching them for its finalizer (timers need one) and its annotations.
-        ("sftjob.dev", "sftjobs", "list"),
-        ("sftjob.dev", "sftjobs", "watch"),
-        ("sftjob.dev", "sftjobs", "patch"),
+        (GROUP, PLURAL, "list"),
+        (GROUP, PLURAL, "watch"),
+        (GROUP, PLURAL, "patch"),
         # Watching RayJobs (the on.event handler that reacts to KubeRay's status changes).
-        ("ray.io", "rayjobs", "list"),
-        ("ray.io", "rayjobs", "watch"),
+        (RAYJOB_GROUP, RAYJOB_PLURAL, "list"),
+        (RAYJOB_GROUP, RAYJOB_PLURAL, "watch"),
         # Posting the events that kopf.event() queues.
         ("", "events", "create"),
     }

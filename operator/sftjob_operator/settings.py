@@ -12,6 +12,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from sftjob_api.types import DNS_LABEL_PATTERN, MAX_DNS_LABEL, QUANTITY_PATTERN
+
 # The trainer image the operator uses when `spec.compute.image` is unset.
 DEFAULT_TRAINER_IMAGE = "ghcr.io/sftjob/sftjob-trainer:0.1.0"
 DEFAULT_PROGRESS_INTERVAL_SECONDS = 30.0
@@ -19,8 +21,8 @@ DEFAULT_METRICS_PORT = 9102
 # Kopf's liveness probe endpoint (`python -m sftjob_operator --liveness=...` overrides it).
 DEFAULT_LIVENESS_ENDPOINT = "http://0.0.0.0:8080/healthz"
 
-_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti|P|Pi|E|Ei)?$")
-_DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+_QUANTITY = re.compile(QUANTITY_PATTERN)
+_DNS_LABEL = re.compile(DNS_LABEL_PATTERN)
 
 
 class SettingsError(ValueError):
@@ -82,7 +84,7 @@ class Settings:
 
         namespaces = tuple(n.strip() for n in (get("SFTJOB_WATCH_NAMESPACES") or "").split(",") if n.strip())
         for namespace in namespaces:
-            if not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+            if not _DNS_LABEL.fullmatch(namespace) or len(namespace) > MAX_DNS_LABEL:
                 raise SettingsError(f"SFTJOB_WATCH_NAMESPACES: {namespace!r} is not a namespace name")
 
         interval = DEFAULT_PROGRESS_INTERVAL_SECONDS

@@ -107,7 +107,7 @@ def _example() -> dict[str, Any]:
     ],
 )
 def test_cel_rules_reject_what_the_types_reject(mutate: Any, message: str) -> None:
-    from sftjob_api.errors import check_document
+    from sftjob_api.field_problems import check_document
 
     document = _example()
     mutate(document)

@@ -28,6 +28,8 @@ from typing import Any, TypeVar
 import kmock
 import yaml
 
+from sftjob_api.kuberay import RAYJOB_GROUP, RAYJOB_PLURAL, RAYJOB_VERSION
+from sftjob_api.types import GROUP, PLURAL, VERSION
 from support.kmock_realistic import RealisticEmulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,40 +94,45 @@ class Api:
         """Create an SFTJob (namespace from its metadata)."""
         namespace = body["metadata"].get("namespace", "default")
         return await asyncio.to_thread(
-            self.custom.create_namespaced_custom_object, "sftjob.dev", "v1alpha1", namespace, "sftjobs", body
+            self.custom.create_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, body
         )
 
     async def get_sftjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The SFTJob or None."""
-        return await self._get("sftjob.dev", "v1alpha1", namespace, "sftjobs", name)
+        return await self._get(GROUP, VERSION, namespace, PLURAL, name)
 
     async def patch_sftjob(self, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
         """Merge-patch an SFTJob (as `kubectl patch --type=merge` does)."""
         return await asyncio.to_thread(
-            self.custom.patch_namespaced_custom_object, "sftjob.dev", "v1alpha1", namespace, "sftjobs", name, patch
+            self.custom.patch_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name, patch
         )
 
     async def delete_sftjob(self, namespace: str, name: str) -> None:
         """Delete an SFTJob (returns at once, like `kubectl delete --wait=false`)."""
         await asyncio.to_thread(
-            self.custom.delete_namespaced_custom_object, "sftjob.dev", "v1alpha1", namespace, "sftjobs", name
+            self.custom.delete_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name
         )
 
     async def get_rayjob(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The RayJob or None."""
-        return await self._get("ray.io", "v1", namespace, "rayjobs", name)
+        return await self._get(RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, name)
 
     async def list_rayjobs(self, namespace: str, selector: str | None = None) -> list[dict[str, Any]]:
         """RayJobs of a namespace, optionally by label selector."""
         result = await asyncio.to_thread(
-            self.custom.list_namespaced_custom_object, "ray.io", "v1", namespace, "rayjobs", label_selector=selector
+            self.custom.list_namespaced_custom_object,
+            RAYJOB_GROUP,
+            RAYJOB_VERSION,
+            namespace,
+            RAYJOB_PLURAL,
+            label_selector=selector,
         )
         return list(result["items"])
 
     async def delete_rayjob(self, namespace: str, name: str) -> None:
         """Delete a RayJob, as `kubectl delete rayjob NAME --wait=false` does."""
         await asyncio.to_thread(
-            self.custom.delete_namespaced_custom_object, "ray.io", "v1", namespace, "rayjobs", name
+            self.custom.delete_namespaced_custom_object, RAYJOB_GROUP, RAYJOB_VERSION, namespace, RAYJOB_PLURAL, name
         )
 
     async def create_namespace(self, name: str) -> None:
@@ -137,10 +144,10 @@ class Api:
         """Patch a RayJob's status the way KubeRay would."""
         await asyncio.to_thread(
             self.custom.patch_namespaced_custom_object_status,
-            "ray.io",
-            "v1",
+            RAYJOB_GROUP,
+            RAYJOB_VERSION,
             namespace,
-            "rayjobs",
+            RAYJOB_PLURAL,
             name,
             {"status": status},
         )

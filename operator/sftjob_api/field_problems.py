@@ -13,9 +13,9 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from sftjob_api.types import SFTJob, parse_sftjob
+from sftjob_api.types import API_VERSION, KIND, SFTJob, parse_sftjob
 
-# Model validators report cross-field problems as "field: message" (see types.py).
+# Model validators report cross-field problems as "field: message" (see sftjob_api/types/).
 _FIELD_PREFIX = re.compile(r"^([a-zA-Z][a-zA-Z0-9]*): (.*)$", re.DOTALL)
 
 
@@ -123,12 +123,12 @@ def check_document(document: Any) -> tuple[SFTJob | None, list[FieldProblem]]:
     if not isinstance(document, dict):
         return None, [FieldProblem(path=(), message=f"expected a mapping (an SFTJob), got {type(document).__name__}")]
     problems = []
-    if document.get("apiVersion") != "sftjob.dev/v1alpha1":
+    if document.get("apiVersion") != API_VERSION:
         problems.append(
-            FieldProblem(("apiVersion",), f"must be 'sftjob.dev/v1alpha1', got {document.get('apiVersion')!r}")
+            FieldProblem(("apiVersion",), f"must be '{API_VERSION}', got {document.get('apiVersion')!r}")
         )
-    if document.get("kind") != "SFTJob":
-        problems.append(FieldProblem(("kind",), f"must be 'SFTJob', got {document.get('kind')!r}"))
+    if document.get("kind") != KIND:
+        problems.append(FieldProblem(("kind",), f"must be '{KIND}', got {document.get('kind')!r}"))
     if problems:
         return None, problems
     try:
