@@ -1,4 +1,4 @@
-"""One reconcile of one SFTJob: observe, derive (pure), act, write the status if it changed.
+"""One reconcile of one SFTJob: observe, derive (pure) once, act, write the status once if it changed.
 
 Level-based: every reconcile recomputes from what it observes (the SFTJob, the current attempt's
 RayJob, `progress.json`), whichever handler triggered it. What it remembers between calls is
@@ -17,25 +17,20 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sftjob_api.errors import check_document
+from sftjob_api.codes import ErrorCode, Reason
+from sftjob_api.field_problems import check_document
+from sftjob_api.timestamps import parse_rfc3339
 from sftjob_api.types import SFTJob, SFTJobStatus
 from sftjob_operator import metrics
+from sftjob_operator.conditions import Event
 from sftjob_operator.kube import ApiError, KubeClient
+from sftjob_operator.kuberay_state import TERMINAL_PHASES, RayState, classify_rayjob
+from sftjob_operator.output_reader import ProgressReader
 from sftjob_operator.pods import PodProblem, diagnose_pods, pod_selector, should_list_pods
+from sftjob_operator.progress_status import ProgressSnapshot
 from sftjob_operator.rayjob import LABEL_NAME, build_rayjob, check_renderable, rayjob_name
 from sftjob_operator.settings import Settings
-from sftjob_operator.status import (
-    PODS_HEALTHY,
-    TERMINAL_PHASES,
-    Derivation,
-    Event,
-    ProgressSnapshot,
-    RayState,
-    classify_rayjob,
-    derive_invalid,
-    derive_status,
-)
-from sftjob_operator.storage import ProgressReader
+from sftjob_operator.status import derive_invalid, derive_status
 
 logger = logging.getLogger("sftjob_operator")
 
@@ -153,7 +148,15 @@ class Reconciler:
         if job is None or problems:
             derivation = derive_invalid(previous, problems, generation=generation, now=now)
         else:
-            derivation = await self._derive_valid(job, previous, generation, now, trigger)
+            rayjob, snapshot, pods = await self._observe(job, previous, trigger)
+            derivation = derive_status(
+                job, previous, generation=generation, now=now, rayjob=rayjob, snapshot=snapshot, pods=pods
+            )
+            if derivation.create_attempt is not None:
+                # Its state is the next reconcile's to observe (the watch event of the create, or the timer
+                # for a RayJob adopted), so the status is derived and written once.
+                created = await self._ensure_rayjob(job, derivation.create_attempt, derivation.status, now)
+                derivation.events.extend(created)
 
         if derivation.set_suspend is not None and derivation.status.ray_job is not None:
             await self.kube.set_rayjob_suspend(namespace, derivation.status.ray_job.name, derivation.set_suspend)
@@ -175,59 +178,48 @@ class Reconciler:
             await self.kube.delete_sftjob(namespace, name)
             self.forget(uid)
 
-    async def _derive_valid(
-        self,
-        job: SFTJob,
-        previous: SFTJobStatus,
-        generation: int | None,
-        now: dt.datetime,
-        trigger: str,
-    ) -> Derivation:
+    async def _observe(
+        self, job: SFTJob, previous: SFTJobStatus, trigger: str
+    ) -> tuple[Mapping[str, Any] | None, ProgressSnapshot | None, list[PodProblem] | None]:
+        """What `derive_status` needs to see of the current attempt: its RayJob, progress.json and pods.
+
+        A job that ended, or has no attempt yet, needs none of them; progress.json is read on the timer and
+        once the attempt ended, the pods when `_pods_due` says so.
+        """
         namespace = job.metadata.namespace or ""
         active = previous.phase not in TERMINAL_PHASES and not (
-            previous.error is not None and previous.error.code == "InvalidSpec"
+            previous.error is not None and previous.error.code == ErrorCode.INVALID_SPEC
         )
-        rayjob: Mapping[str, Any] | None = None
+        if not active or not previous.attempt:
+            return None, None, None
+        rayjob = await self.kube.get_rayjob(namespace, rayjob_name(job.name, previous.attempt))
+        if rayjob is not None:
+            self._check_owner(rayjob, job)
+        ray = classify_rayjob((rayjob or {}).get("status"))
         snapshot: ProgressSnapshot | None = None
         pods: list[PodProblem] | None = None
-        if active and previous.attempt:
-            rayjob = await self.kube.get_rayjob(namespace, rayjob_name(job.name, previous.attempt))
-            if rayjob is not None:
-                self._check_owner(rayjob, job)
-            ray = classify_rayjob((rayjob or {}).get("status"))
-            if trigger == TRIGGER_TIMER or ray.terminal:
-                snapshot = await self._read_progress(job, manifest=ray.phase == "Succeeded")
-            if rayjob is not None and self._pods_due(job, previous, rayjob, ray, trigger):
-                pods = await self._diagnose_pods(job, previous.attempt)
+        if trigger == TRIGGER_TIMER or ray.terminal:
+            snapshot = await self._read_progress(job, manifest=ray.phase == "Succeeded")
+        if rayjob is not None and self._pods_due(job, previous, rayjob, ray, trigger):
+            pods = await self._diagnose_pods(job, previous.attempt)
+        return rayjob, snapshot, pods
 
-        derivation = derive_status(
-            job, previous, generation=generation, now=now, rayjob=rayjob, snapshot=snapshot, pods=pods
-        )
-        if derivation.create_attempt is not None:
-            events: list[Event] = list(derivation.events)
-            created = await self._ensure_rayjob(job, derivation.create_attempt, derivation.status, now, events)
-            followup = derive_status(
-                job, derivation.status, generation=generation, now=now, rayjob=created, snapshot=snapshot
-            )
-            followup.events = events + followup.events
-            followup.delete_rayjob = followup.delete_rayjob or derivation.delete_rayjob
-            derivation = followup
-        return derivation
+    async def _ensure_rayjob(self, job: SFTJob, attempt: int, status: SFTJobStatus, now: dt.datetime) -> list[Event]:
+        """Create the RayJob of `attempt`, or adopt the one of that name this SFTJob controls.
 
-    async def _ensure_rayjob(
-        self, job: SFTJob, attempt: int, status: SFTJobStatus, now: dt.datetime, events: list[Event]
-    ) -> Mapping[str, Any]:
+        Returns:
+            The `RayJobCreated` event of a RayJob this call created; none for one it adopted.
+        """
         namespace = job.metadata.namespace or ""
         name = rayjob_name(job.name, attempt)
         existing = await self.kube.get_rayjob(namespace, name)
         if existing is not None:
             self._check_owner(existing, job)
-            return existing
+            return []
         deadline = job.spec.run_policy.active_deadline_seconds
-        started = status.start_time
-        if deadline is not None and started:
-            elapsed = (now - dt.datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
-            deadline = max(1, int(deadline - elapsed))
+        started = parse_rfc3339(status.start_time)
+        if deadline is not None and started is not None:
+            deadline = max(1, int(deadline - (now - started).total_seconds()))
         manifest = build_rayjob(job, attempt, self.settings, active_deadline_seconds=deadline)
         created = await self.kube.create_rayjob(manifest)
         if created is None:  # created meanwhile (409): adopt it
@@ -237,12 +229,11 @@ class Reconciler:
                 # RayJob would then count as deleted); the reconcile is retried.
                 raise OwnershipConflict(f"RayJob {name} existed at creation and was gone right after; retrying")
             self._check_owner(created, job)
-            return created
-        events.append(Event("Normal", "RayJobCreated", f"RayJob {name} runs attempt {attempt}"))
-        return created
+            return []
+        return [Event("Normal", Reason.RAYJOB_CREATED, f"RayJob {name} runs attempt {attempt}")]
 
     def _check_owner(self, rayjob: Mapping[str, Any], job: SFTJob) -> None:
-        uid = (job.metadata.model_extra or {}).get("uid")
+        uid = job.metadata.uid
         owner = _controller_uid(rayjob)
         if owner != uid:
             raise OwnershipConflict(
@@ -256,9 +247,9 @@ class Reconciler:
         """Whether this reconcile lists the attempt's pods (the throttle is `pods.should_list_pods`)."""
         if (rayjob.get("metadata") or {}).get("deletionTimestamp"):
             return False
-        uid = str((job.metadata.model_extra or {}).get("uid"))
+        uid = str(job.metadata.uid)
         listed = self._pods_listed.get(uid)
-        condition = next((c for c in previous.conditions if c.type == PODS_HEALTHY), None)
+        condition = next((c for c in previous.conditions if c.type == Reason.PODS_HEALTHY), None)
         return should_list_pods(
             attempt_phase=ray.phase,
             started=bool((rayjob.get("status") or {}).get("jobDeploymentStatus")),
@@ -272,7 +263,7 @@ class Reconciler:
     async def _diagnose_pods(self, job: SFTJob, attempt: int) -> list[PodProblem] | None:
         """What is wrong with the attempt's pods; None when they cannot be listed (the diagnosis is optional)."""
         namespace = job.metadata.namespace or ""
-        uid = str((job.metadata.model_extra or {}).get("uid"))
+        uid = str(job.metadata.uid)
         self._pods_listed[uid] = time.monotonic()
         try:
             items = await self.kube.list_pods(namespace, pod_selector(job.name, attempt))
@@ -289,7 +280,7 @@ class Reconciler:
 
     async def _read_progress(self, job: SFTJob, *, manifest: bool) -> ProgressSnapshot:
         snapshot = await self.reader.read(job, manifest=manifest)
-        uid = str((job.metadata.model_extra or {}).get("uid"))
+        uid = str(job.metadata.uid)
         if snapshot.problem is not None:
             metrics.PROGRESS_READ_ERRORS.inc()
         if snapshot.problem != self._problems.get(uid):

@@ -16,9 +16,10 @@ import pytest
 from sftjob_api.codes import ErrorCode
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob, SFTJobStatus, parse_sftjob
+from sftjob_operator.progress_status import ProgressSnapshot
 from sftjob_operator.rayjob import JUDGE_KEY_ENV, TEACHER_KEY_ENV, TEACHER_SECRET_KEY, build_rayjob
 from sftjob_operator.settings import Settings
-from sftjob_operator.status import Derivation, ProgressSnapshot, derive_status
+from sftjob_operator.status import Derivation, derive_status
 from support.operator_env import Api, OutputWriter, make_sftjob, wait_for
 
 NS = "ml"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.codes import ErrorCode, Reason
-from sftjob_operator.status import PODS_HEALTHY, PRE_RUNNING_DEADLINE_EXCEEDED, PROGRESSING
+from sftjob_operator.kuberay_state import FailureReason
 from support.kmock_realistic import (
     config_error_status,
     crash_loop_status,
@@ -104,7 +104,7 @@ async def test_each_pod_state_appears_on_the_sftjob_with_its_reason(
             )
         found = {}
         for job, *_, reason, _ in STATES:
-            found[job] = await condition_where(api, job, PODS_HEALTHY, "False", reason)
+            found[job] = await condition_where(api, job, Reason.PODS_HEALTHY, "False", reason)
         # Several more looks at the same pods: the event is not repeated.
         await asyncio.sleep(1.0)
         for job, *_ in STATES:
@@ -140,12 +140,12 @@ async def test_a_problem_that_clears_turns_the_condition_true(
         await api.play_kuberay(NS, "heal-a1", {"jobDeploymentStatus": "Initializing"})
         name = pod_name("heal", "head")
         await play_pods(api, rayjob, [(name, "head", "ray-head", image_pull_status("ray-head", IMAGE))])
-        await condition_where(api, "heal", PODS_HEALTHY, "False", ErrorCode.IMAGE_PULL_BACK_OFF)
+        await condition_where(api, "heal", Reason.PODS_HEALTHY, "False", ErrorCode.IMAGE_PULL_BACK_OFF)
         # The registry answers again: the kubelet pulls and starts the container.
         await asyncio.to_thread(
             api.core.patch_namespaced_pod_status, name, NS, {"status": healthy_status("ray-head", IMAGE)}
         )
-        healed = await condition_where(api, "heal", PODS_HEALTHY, "True", "Healthy")
+        healed = await condition_where(api, "heal", Reason.PODS_HEALTHY, "True", "Healthy")
     assert healed["message"] == ""
 
 
@@ -159,12 +159,12 @@ async def test_a_startup_deadline_fails_the_job_naming_what_the_pods_showed(
         await api.play_kuberay(NS, "late-a1", {"jobDeploymentStatus": "Initializing"})
         name = pod_name("late", "worker")
         await play_pods(api, rayjob, [(name, "worker", "ray-worker", unschedulable_status())])
-        seen = await condition_where(api, "late", PODS_HEALTHY, "False", ErrorCode.UNSCHEDULABLE)
+        seen = await condition_where(api, "late", Reason.PODS_HEALTHY, "False", ErrorCode.UNSCHEDULABLE)
         # KubeRay's pre-running deadline passes: it fails the RayJob and deletes the cluster with its pods.
         await asyncio.to_thread(api.core.delete_namespaced_pod, name, NS)
         kuberay = {
             "jobDeploymentStatus": "Failed",
-            "reason": PRE_RUNNING_DEADLINE_EXCEEDED,
+            "reason": FailureReason.PRE_RUNNING_DEADLINE_EXCEEDED,
             "message": "RayJob has passed the preRunningDeadlineSeconds: 600",
         }
         await api.play_kuberay(NS, "late-a1", kuberay)
@@ -179,7 +179,7 @@ async def test_a_startup_deadline_fails_the_job_naming_what_the_pods_showed(
     assert status["error"]["retryable"] is False
     assert status["error"]["message"] == f"RayJob has passed the preRunningDeadlineSeconds: 600; {seen['message']}"
     assert condition(status, "Failed")["reason"] == ErrorCode.UNSCHEDULABLE
-    assert condition(status, PODS_HEALTHY)["status"] == "False"  # the pods' last word stays on the failed job
+    assert condition(status, Reason.PODS_HEALTHY)["status"] == "False"  # the pods' last word stays on the failed job
     assert status["attempt"] == 1
     assert [r["metadata"]["name"] for r in rayjobs] == ["late-a1"]  # not retried
     failed = [e["message"] for e in events if e["reason"] == "Failed"]
@@ -241,7 +241,7 @@ async def test_a_frozen_progress_file_stalls_the_attempt_and_retries_it(
     ]
     assert stalled["message"].startswith("attempt 1's trainer has not updated progress.json for ")
     assert "stallTimeoutSeconds=2;" in stalled["message"] and "step 7" in stalled["message"]
-    assert (cleared["reason"], after["phase"], after["attempt"]) == (PROGRESSING, "Running", 2)
+    assert (cleared["reason"], after["phase"], after["attempt"]) == (Reason.PROGRESSING, "Running", 2)
     assert [e["message"] for e in events if e["reason"] == ErrorCode.STALLED] == [stalled["message"]]
     retrying = [e["message"] for e in events if e["reason"] == "Retrying"]
     assert len(retrying) == 1 and retrying[0].startswith("attempt 1 failed (Stalled: attempt 1's trainer")
@@ -264,6 +264,6 @@ async def test_a_forbidden_pod_list_leaves_the_job_running_undiagnosed(
         status = await status_of(api, "blind")
 
     assert status["phase"] == "Initializing"
-    assert condition(status, PODS_HEALTHY) is None
+    assert condition(status, Reason.PODS_HEALTHY) is None
     refused = [r.getMessage() for r in caplog.records if "cannot list the pods" in r.getMessage()]
     assert refused == ["ml/blind: cannot list the pods of attempt 1: 403 Forbidden"]

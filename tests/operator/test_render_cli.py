@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sftjob_api.errors import check_document
+from sftjob_api.field_problems import check_document
 from sftjob_cli.main import main
 from sftjob_operator.rayjob import build_rayjob
 from sftjob_operator.settings import Settings

@@ -14,6 +14,7 @@ import pytest
 from sftjob_api.codes import ErrorCode, Reason
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob, SFTJobStatus, parse_sftjob
+from sftjob_operator.kuberay_state import STARTUP_DEADLINE_GRACE_SECONDS, FailureReason
 from sftjob_operator.pods import (
     RUNNING_CHECK_INTERVALS,
     PodProblem,
@@ -22,18 +23,10 @@ from sftjob_operator.pods import (
     should_list_pods,
     summarize,
 )
+from sftjob_operator.progress_status import ProgressSnapshot
 from sftjob_operator.rayjob import build_rayjob
 from sftjob_operator.settings import Settings
-from sftjob_operator.status import (
-    HEALTHY,
-    PODS_HEALTHY,
-    PRE_RUNNING_DEADLINE_EXCEEDED,
-    PROGRESSING,
-    STARTUP_DEADLINE_GRACE_SECONDS,
-    Derivation,
-    ProgressSnapshot,
-    derive_status,
-)
+from sftjob_operator.status import Derivation, derive_status
 from support.kmock_realistic import (
     config_error_status,
     crash_loop_status,
@@ -278,7 +271,7 @@ def test_a_pod_problem_sets_the_condition_and_one_warning_event() -> None:
     the_job = job()
     problems = diagnose_pods([pod(WORKER, unschedulable_status())], namespace=NS)
     first = step(the_job, created(the_job), at(30), rayjob("Initializing"), pods=problems)
-    state, reason, message = conditions(first.status)[PODS_HEALTHY]
+    state, reason, message = conditions(first.status)[Reason.PODS_HEALTHY]
     assert (state, reason) == ("False", ErrorCode.UNSCHEDULABLE)
     assert message == problems[0].describe()
     warnings = [(e.type, e.reason, e.message) for e in first.events if e.reason == ErrorCode.UNSCHEDULABLE]
@@ -290,7 +283,7 @@ def test_a_pod_problem_sets_the_condition_and_one_warning_event() -> None:
     assert [e.reason for e in again.events] == []
     assert again.status.to_wire() == first.status.to_wire()
     unlooked = step(the_job, first.status, at(90), rayjob("Initializing"), pods=None)
-    assert conditions(unlooked.status)[PODS_HEALTHY] == ("False", ErrorCode.UNSCHEDULABLE, message)
+    assert conditions(unlooked.status)[Reason.PODS_HEALTHY] == ("False", ErrorCode.UNSCHEDULABLE, message)
 
 
 def test_a_new_reason_is_a_new_event_and_a_cleared_problem_turns_the_condition_true() -> None:
@@ -301,14 +294,14 @@ def test_a_new_reason_is_a_new_event_and_a_cleared_problem_turns_the_condition_t
     second = step(the_job, first.status, at(60), rayjob("Initializing"), pods=pulling)
     assert [(e.type, e.reason) for e in second.events] == [("Warning", ErrorCode.IMAGE_PULL_BACK_OFF)]
     healthy = step(the_job, second.status, at(90), rayjob("Running", "RUNNING"), pods=[])
-    assert conditions(healthy.status)[PODS_HEALTHY] == ("True", HEALTHY, "")
+    assert conditions(healthy.status)[Reason.PODS_HEALTHY] == ("True", Reason.HEALTHY, "")
     assert [e.reason for e in healthy.events] == ["Running"]
 
 
 def test_healthy_pods_add_no_condition_to_a_job_that_never_had_a_problem() -> None:
     the_job = job()
     derivation = step(the_job, created(the_job), at(30), rayjob("Initializing"), pods=[])
-    assert PODS_HEALTHY not in conditions(derivation.status)
+    assert Reason.PODS_HEALTHY not in conditions(derivation.status)
 
 
 # ----------------------------------------------------------------------------------------- startup deadline
@@ -331,7 +324,7 @@ def test_the_startup_deadline_becomes_the_rayjobs_pre_running_deadline() -> None
 
 KUBERAY_DEADLINE = rayjob(
     "Failed",
-    reason=PRE_RUNNING_DEADLINE_EXCEEDED,
+    reason=FailureReason.PRE_RUNNING_DEADLINE_EXCEEDED,
     message="RayJob has passed the preRunningDeadlineSeconds: 600",
 )
 
@@ -441,7 +434,7 @@ def test_the_stalled_condition_clears_once_the_next_attempt_writes_progress() ->
     old_file = step(the_job, initializing, at(400), RUNNING_RAYJOB, snapshot=progress(at(100))).status
     assert (old_file.phase, old_file.attempt, conditions(old_file)[ErrorCode.STALLED][0]) == ("Running", 2, "True")
     fresh = step(the_job, old_file, at(420), RUNNING_RAYJOB, snapshot=progress(at(415), attempt=2)).status
-    assert conditions(fresh)[ErrorCode.STALLED] == ("False", PROGRESSING, "")
+    assert conditions(fresh)[ErrorCode.STALLED] == ("False", Reason.PROGRESSING, "")
     assert fresh.phase == "Running"
 
 

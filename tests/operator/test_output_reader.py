@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.types import SFTJob, parse_sftjob
-from sftjob_operator.storage import ProgressReader
+from sftjob_operator.output_reader import ProgressReader
 from support.operator_env import progress_document
 
 
