@@ -6,6 +6,7 @@ The commands import this module, never `main.py` (which imports the commands): n
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import yaml
@@ -44,7 +45,7 @@ def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
     Returns:
         One `file:line: field: message` line per problem; empty when all are valid.
     """
-    from sftjob_api.errors import check_document
+    from sftjob_api.field_problems import check_document
 
     lines = []
     if not documents:
@@ -59,21 +60,49 @@ def validate_documents(documents: list[YamlDocument], name: str) -> list[str]:
     return lines
 
 
-def load_job(path: str) -> Any:
-    """The one valid SFTJob of a file, or None after printing why not (`file:line: field: message` on stderr)."""
-    from sftjob_api.types import parse_sftjob
+def read_valid_documents(
+    path: str,
+    prefix: str = "",
+    pick: Callable[[list[YamlDocument]], list[YamlDocument] | str] | None = None,
+) -> list[YamlDocument] | None:
+    """Read a YAML file and check its documents as SFTJobs: what every command that takes an SFTJob file does first.
+
+    Args:
+        path: The file, or `-` for standard input.
+        prefix: Put before every printed line (the command's name, where its messages carry one).
+        pick: Chooses the documents to check among those read, or says why none fits (printed after the file
+            name); every document is checked when None.
+
+    Returns:
+        The checked documents, or None after printing each problem on stderr as `file:line: field: message`
+        (the command then exits with EXIT_INVALID).
+    """
     from sftjob_cli.yaml_source import SourceError, load_documents, read_text
 
     try:
         documents = load_documents(read_text(path), path)
     except SourceError as err:
-        print(err, file=sys.stderr)
-        return None
-    problems = validate_documents(documents, path)
-    if len(documents) != 1 and not problems:
-        problems = [f"{path}: expected exactly one SFTJob document, found {len(documents)}"]
+        problems = [str(err)]
+    else:
+        picked = pick(documents) if pick else documents
+        if isinstance(picked, str):
+            problems = [f"{path}: {picked}"]
+        else:
+            documents = picked
+            problems = validate_documents(documents, path)
     for line in problems:
-        print(line, file=sys.stderr)
-    if problems:
+        print(f"{prefix}{line}", file=sys.stderr)
+    return None if problems else documents
+
+
+def load_job(path: str) -> Any:
+    """The one valid SFTJob of a file, or None after printing why not (`file:line: field: message` on stderr)."""
+    from sftjob_api.types import parse_sftjob
+
+    documents = read_valid_documents(path)
+    if documents is None:
+        return None
+    if len(documents) != 1:
+        print(f"{path}: expected exactly one SFTJob document, found {len(documents)}", file=sys.stderr)
         return None
     return parse_sftjob(documents[0].data)

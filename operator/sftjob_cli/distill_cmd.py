@@ -97,10 +97,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     job = _load(args.file)
     if job is None:
         return EXIT_INVALID
-    from sftjob_trainer import storage
-    from sftjob_trainer.config import context_for
+    from sftjob_trainer import object_store
     from sftjob_trainer.distill import REJECTED_FILE, distill
-    from sftjob_trainer.errors import TrainerError
+    from sftjob_trainer.job_context import context_for
+    from sftjob_trainer.trainer_error import TrainerError
 
     try:
         ctx = context_for(job, 1, args.output)
@@ -134,5 +134,5 @@ def _cmd_distill(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.stats.to_wire(), indent=2))
     else:
-        _print_stats(result.stats, storage.join(ctx.output_uri, REJECTED_FILE))
+        _print_stats(result.stats, object_store.join(ctx.output_uri, REJECTED_FILE))
     return 0

@@ -30,8 +30,8 @@ def register(commands: Any) -> None:
 
 def _cmd_eval(args: argparse.Namespace) -> int:
     from sftjob_cli.common import EXIT_INVALID
-    from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.reevaluate import reevaluate
+    from sftjob_trainer.trainer_error import TrainerError
 
     try:
         status, report = reevaluate(args.output, args.against, args.report)
@@ -57,8 +57,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     from transformers import TextStreamer
 
     from sftjob_cli.common import EXIT_INVALID
-    from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.reevaluate import chat_reply, fetch, load_tuned
+    from sftjob_trainer.trainer_error import TrainerError
 
     with tempfile.TemporaryDirectory(prefix="sftjob-chat-") as tmp:
         try:

@@ -11,8 +11,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 
-from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, dump_yaml, validate_documents
-from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+from sftjob_cli.common import EXIT_INTERNAL, EXIT_INVALID, EXIT_OK, dump_yaml, read_valid_documents
 
 
 def _cmd_crd(_: argparse.Namespace) -> int:
@@ -32,21 +31,16 @@ def _cmd_reference(_: argparse.Namespace) -> int:
 def _cmd_validate(args: argparse.Namespace) -> int:
     failed = False
     for path in args.files:
-        try:
-            documents = load_documents(read_text(path), path)
-        except SourceError as err:
-            print(err, file=sys.stderr)
+        documents = read_valid_documents(path)
+        if documents is None:
             failed = True
             continue
-        problems = validate_documents(documents, path)
-        for line in problems:
-            print(line, file=sys.stderr)
-        if not problems:  # the spec is valid: check the dataset it names, where it can be read from here
-            from sftjob_cli.data_cmd import check_job_datasets
+        # The spec is valid: check the dataset it names, where it can be read from here.
+        from sftjob_cli.data_cmd import check_job_datasets
 
-            problems, notes = check_job_datasets(documents, path)
-            for line in [*notes, *problems]:
-                print(line, file=sys.stderr)
+        problems, notes = check_job_datasets(documents, path)
+        for line in [*notes, *problems]:
+            print(line, file=sys.stderr)
         if problems:
             failed = True
         else:

@@ -13,8 +13,7 @@ import argparse
 import sys
 from typing import Any
 
-EXIT_OK = 0
-EXIT_INVALID = 2
+from sftjob_cli.common import EXIT_INVALID, EXIT_OK
 
 
 def register(commands: Any) -> None:
@@ -26,9 +25,8 @@ def register(commands: Any) -> None:
 
 
 def _cmd_render(args: argparse.Namespace) -> int:
-    from sftjob_api.errors import check_document
-    from sftjob_cli.common import dump_yaml, validate_documents
-    from sftjob_cli.yaml_source import SourceError, load_documents, read_text
+    from sftjob_api.types import parse_sftjob
+    from sftjob_cli.common import dump_yaml, read_valid_documents
     from sftjob_operator.rayjob import build_rayjob, check_renderable
     from sftjob_operator.settings import Settings, SettingsError
 
@@ -40,16 +38,13 @@ def _cmd_render(args: argparse.Namespace) -> int:
     except SettingsError as err:
         print(f"sftjob render: {err}", file=sys.stderr)
         return EXIT_INVALID
-    try:
-        documents = load_documents(read_text(args.file), args.file)
-    except SourceError as err:
-        print(err, file=sys.stderr)
+    documents = read_valid_documents(args.file)
+    if documents is None:
         return EXIT_INVALID
-    problems = validate_documents(documents, args.file)
+    problems = []
     rendered = []
-    for document in documents if not problems else []:
-        job, _ = check_document(document.data)
-        assert job is not None  # validate_documents found no problem
+    for document in documents:
+        job = parse_sftjob(document.data)
         for problem in check_renderable(job):
             where = document.line_of(problem.path)
             problems.append(f"{args.file}:{where}: {problem.field}: {problem.message}" if where else problem.message)

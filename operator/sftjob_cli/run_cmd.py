@@ -33,7 +33,7 @@ def _follow(output_uri: str, done: threading.Event) -> None:
 
     from sftjob_api.layout import PROGRESS_FILE
     from sftjob_api.progress import ProgressFile
-    from sftjob_trainer import storage
+    from sftjob_trainer import object_store
     from sftjob_trainer.distill.driver_step import generation_counts
     from sftjob_trainer.reporting import eta_seconds, format_duration
 
@@ -43,8 +43,9 @@ def _follow(output_uri: str, done: threading.Event) -> None:
         task = bar.add_task("Initializing", total=None, detail="")
         while not done.wait(POLL_S):
             try:
-                state = ProgressFile.model_validate_json(storage.read_bytes(storage.join(output_uri, PROGRESS_FILE)))
-            except (storage.StorageError, ValueError):
+                data = object_store.read_bytes(object_store.join(output_uri, PROGRESS_FILE))
+                state = ProgressFile.model_validate_json(data)
+            except (object_store.StorageError, ValueError):
                 continue
             details = []
             if state.metrics.train_loss is not None:
@@ -74,10 +75,10 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if job is None:
         return EXIT_INVALID
     from sftjob_api.codes import USER_ERRORS, ErrorCode
-    from sftjob_trainer.config import context_for
     from sftjob_trainer.driver import run_job
-    from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.interrupts import EXIT_CANCELLED
+    from sftjob_trainer.job_context import context_for
+    from sftjob_trainer.trainer_error import TrainerError
 
     try:
         ctx = context_for(job, 1, args.output)

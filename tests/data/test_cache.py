@@ -12,7 +12,7 @@ import pytest
 from data_helpers import write_jsonl
 
 from sftjob_api.types import DatasetSpec
-from sftjob_trainer.data import DataCache, DataError, PreparedData, pipeline, prepare_dataset
+from sftjob_trainer.data import DataCache, DataError, PreparedData, encoding, pipeline, prepare_dataset
 from sftjob_trainer.data import cache as data_cache
 
 ROWS = [{"messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Question {i}?"},
@@ -32,7 +32,7 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
             return fn(*args, **kwargs)
         return wrapped
 
-    monkeypatch.setattr(pipeline, "encode", counting("encode", pipeline.encode))
+    monkeypatch.setattr(encoding, "encode", counting("encode", encoding.encode))
     monkeypatch.setattr(pipeline, "_build", counting("build", pipeline._build))
     return counts
 
@@ -278,8 +278,8 @@ def test_a_retried_job_in_a_fresh_pod_reuses_the_data_from_its_output(
         tmp_path: Path, tiny_model_dir: Path, s3_env: Any, monkeypatch: pytest.MonkeyPatch,
         calls: dict[str, int]) -> None:
     from sftjob_api.types import SFTJob
-    from sftjob_trainer.config import context_for
-    from sftjob_trainer.driver import prepare
+    from sftjob_trainer.job_context import context_for
+    from sftjob_trainer.preparation import prepare
     from sftjob_trainer.reporting import ProgressWriter
 
     monkeypatch.setenv(data_cache.CACHE_ENV, "off")  # a fresh pod: nothing cached on the machine

@@ -10,9 +10,10 @@ from data_helpers import write_jsonl
 
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import ByteTokenizer, DataError, prepare_dataset
-from sftjob_trainer.data.formats import RowError, to_conversation
-from sftjob_trainer.data.pipeline import MAX_DUPLICATE_SHARE
+from sftjob_trainer.data.formats import to_conversation
+from sftjob_trainer.data.preflight import MAX_DUPLICATE_SHARE
 from sftjob_trainer.data.readers import Row
+from sftjob_trainer.data.row_fields import RowError
 
 TOK = ByteTokenizer()
 

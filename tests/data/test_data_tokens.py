@@ -12,7 +12,7 @@ from data_helpers import CliRunner, write_jsonl
 
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import IGNORE_INDEX, prepare_dataset
-from sftjob_trainer.driver import sequences
+from sftjob_trainer.preparation import sequences
 from sftjob_trainer.worker import build_collator
 
 

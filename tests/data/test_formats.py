@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from sftjob_trainer.data.formats import Message, RowError, to_conversation
+from sftjob_trainer.data.conversation import Message
+from sftjob_trainer.data.formats import to_conversation
 from sftjob_trainer.data.readers import Row
+from sftjob_trainer.data.row_fields import RowError
 
 
 def conv(data: dict[str, Any], schema: str = "messages") -> Any:

@@ -18,7 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from sftjob_trainer.data import IGNORE_INDEX, encode_conversations
-from sftjob_trainer.data.formats import Conversation, Message
+from sftjob_trainer.data.conversation import Conversation, Message
 
 # Text without the chat special tokens' "<|" (content that spells a special token is a different test).
 _ALPHABET = st.characters(codec="utf-8", exclude_characters="<\x00")

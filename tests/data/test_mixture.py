@@ -14,7 +14,7 @@ import pytest
 import yaml
 from data_helpers import CliRunner, write_jsonl
 
-from sftjob_api.errors import check_document
+from sftjob_api.field_problems import check_document
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import ByteTokenizer, DataCache, DataError, PreparedData, prepare_dataset
 from sftjob_trainer.data.mixture import (

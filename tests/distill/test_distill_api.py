@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from tests.support.crd_check import server_errors
 
 from sftjob_api.codes import RETRYABLE, ErrorCode
-from sftjob_api.errors import check_document
+from sftjob_api.field_problems import check_document
 from sftjob_trainer.distill import DistillResult, with_distilled_train
 
 DOCUMENT: dict[str, Any] = {

@@ -20,8 +20,8 @@ from sftjob_trainer.distill.prompts import (
     load_texts,
     to_prompt,
 )
-from sftjob_trainer.distill.teacher import Reply, TeacherConfig
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.distill.teacher_api import Reply, TeacherConfig
+from sftjob_trainer.trainer_error import TrainerError
 
 
 def test_each_schema_becomes_turns_ending_with_a_user_turn() -> None:

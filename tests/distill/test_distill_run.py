@@ -20,7 +20,7 @@ from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DataSource
 from sftjob_trainer.distill import DISTILLED_FILE, REJECTED_FILE, STATS_FILE, GenerationProgress, distill
 from sftjob_trainer.distill.cache import ReplyStore
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_cluster")]
 

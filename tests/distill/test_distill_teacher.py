@@ -7,18 +7,10 @@ import pytest
 
 from sftjob_api.codes import ErrorCode
 from sftjob_api.types import DistillationSpec
-from sftjob_trainer.distill.teacher import (
-    Reply,
-    Request,
-    TeacherConfig,
-    TeacherFailure,
-    failure_error,
-    generate,
-    parse_reply,
-    split_concurrency,
-    split_reasoning,
-)
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.distill.teacher import generate, split_concurrency
+from sftjob_trainer.distill.teacher_api import Reply, Request, TeacherConfig, parse_reply, split_reasoning
+from sftjob_trainer.distill.teacher_failures import TeacherFailure, failure_error
+from sftjob_trainer.trainer_error import TrainerError
 
 KEY = "sk-PLANTED-teacher-77"
 

@@ -29,7 +29,6 @@ from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import DISTILLED_TRAIN_URI, DistillationStats, SFTJob, parse_sftjob
 from sftjob_trainer.artifacts import manifest
-from sftjob_trainer.config import absolute_paths, context_for
 from sftjob_trainer.distill import (
     DISTILLED_FILE,
     REJECTED_FILE,
@@ -39,8 +38,9 @@ from sftjob_trainer.distill import (
     driver_step,
 )
 from sftjob_trainer.distill.driver_step import generation_counts, progress_fields, progress_message
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.job_context import absolute_paths, context_for
 from sftjob_trainer.reporting import ProgressWriter
+from sftjob_trainer.trainer_error import TrainerError
 
 if TYPE_CHECKING:
     from tests.conftest import OpenAIServer

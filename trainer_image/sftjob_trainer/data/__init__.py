@@ -7,9 +7,9 @@ drawn inside `prepare_dataset`; `mixture.per_source_eval_loss` scores its held-o
 """
 
 from sftjob_trainer.data.cache import DataCache
-from sftjob_trainer.data.errors import DataError, Problem
+from sftjob_trainer.data.conversation import Conversation, Message
 from sftjob_trainer.data.examples import Example, PreparedData
-from sftjob_trainer.data.formats import SCHEMAS, Conversation, Message
+from sftjob_trainer.data.formats import SCHEMAS
 from sftjob_trainer.data.packing import PackedCollator, PaddedCollator
 from sftjob_trainer.data.pipeline import (
     analyze,
@@ -17,6 +17,7 @@ from sftjob_trainer.data.pipeline import (
     prepare_dataset,
     read_training_data,
 )
+from sftjob_trainer.data.problems import DataError, Problem
 from sftjob_trainer.data.readers import RawDataset, SourceData, read_dataset
 from sftjob_trainer.data.report import DataReport
 from sftjob_trainer.data.tokens import IGNORE_INDEX, ByteTokenizer

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from sftjob_api.layout import DATA_CACHE_DIR
 from sftjob_api.types import DatasetSpec
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.data.report import DataReport, Sample, SourceReport
 from sftjob_trainer.data.tokens import ByteTokenizer
 
@@ -72,7 +72,7 @@ class DataCache:
     def for_job(cls, output_uri: str) -> DataCache:
         """The local cache (see `default_local_root`) and `<output_uri>/cache/data`."""
         local = default_local_root()
-        return cls(tuple(r for r in (local, storage.join(output_uri, DATA_CACHE_DIR)) if r))
+        return cls(tuple(r for r in (local, object_store.join(output_uri, DATA_CACHE_DIR)) if r))
 
 
 def tokenizer_fingerprint(tokenizer: Any) -> str | None:
@@ -126,11 +126,11 @@ def load(cache: DataCache, key: str) -> tuple[PreparedData, str] | None:
     is local.
     """
     for index, root in enumerate(cache.roots):
-        entry_uri = storage.join(root, key)
+        entry_uri = object_store.join(root, key)
         try:
             prepared = _read_entry(entry_uri, key)
-        except storage.StorageError as err:
-            if err.code != "NotFound":
+        except object_store.StorageError as err:
+            if err.code != object_store.NOT_FOUND:
                 log.warning("data cache: cannot read %s (%s); preparing the data again", entry_uri, err)
             continue
         except OSError as err:  # a local root that is not a directory, unreadable files
@@ -152,8 +152,8 @@ def store(cache: DataCache, key: str, prepared: PreparedData) -> list[str]:
 
 def _store_quietly(root: str, key: str, prepared: PreparedData) -> str:
     try:
-        write_entry(storage.join(root, key), key, prepared)
-    except (storage.StorageError, OSError, ValueError) as err:
+        write_entry(object_store.join(root, key), key, prepared)
+    except (object_store.StorageError, OSError, ValueError) as err:
         # A cache that cannot be written costs time on the next attempt, never the job. (ValueError: pyarrow's
         # ArrowInvalid, e.g. a token id beyond int32 from an exotic tokenizer.)
         log.warning("data cache: cannot write to %s: %s", root, err)
@@ -168,20 +168,21 @@ def write_entry(entry_uri: str, key: str, prepared: PreparedData) -> None:
         examples: list[Example] = getattr(prepared, split)
         data = _to_parquet(examples)
         name = f"{split}.parquet"
-        storage.write_bytes(storage.join(entry_uri, name), data)
+        object_store.write_bytes(object_store.join(entry_uri, name), data)
         files[name] = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data), "examples": len(examples)}
     report = prepared.report.to_json()
     report["cache"] = ""  # hit or miss is a fact of each load, not of the stored entry
     entry = {"format": ENTRY_FORMAT, "version": PIPELINE_VERSION, "key": key, "files": files, "report": report,
              "max_seq_length": prepared.max_seq_length, "chat_template": prepared.chat_template,
              "stop_token_ids": list(prepared.stop_token_ids)}
-    storage.write_bytes(storage.join(entry_uri, ENTRY_FILE), json.dumps(entry, sort_keys=True).encode("utf-8"))
+    object_store.write_bytes(object_store.join(entry_uri, ENTRY_FILE),
+                             json.dumps(entry, sort_keys=True).encode("utf-8"))
 
 
 def _read_entry(entry_uri: str, key: str) -> PreparedData:
     from sftjob_trainer.data.examples import PreparedData
 
-    raw = storage.read_bytes(storage.join(entry_uri, ENTRY_FILE))
+    raw = object_store.read_bytes(object_store.join(entry_uri, ENTRY_FILE))
     try:
         entry = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -207,7 +208,7 @@ def _read_entry(entry_uri: str, key: str) -> PreparedData:
 
 
 def _read_split(entry_uri: str, name: str, recorded: dict[str, Any]) -> list[Example]:
-    data = storage.read_bytes(storage.join(entry_uri, name))
+    data = object_store.read_bytes(object_store.join(entry_uri, name))
     if len(data) != recorded["bytes"] or hashlib.sha256(data).hexdigest() != recorded["sha256"]:
         raise CorruptEntry(f"{name} does not match the size and sha256 recorded in {ENTRY_FILE}")
     examples = _from_parquet(data)

@@ -20,9 +20,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import is_glob
-from sftjob_trainer import storage
-from sftjob_trainer.data.errors import DataError, Problem
+from sftjob_trainer import object_store
+from sftjob_trainer.data.problems import DataError, Problem
 
 # No sane SFT example is this large (4 MiB of text is ~1M tokens, beyond any model's context); a bigger
 # row is a broken file (an unterminated line, a base64 blob), refused before it is parsed.
@@ -68,7 +69,8 @@ def detect_file_format(uri: str, declared: str = "auto") -> str:
     for ext, fmt in EXTENSIONS.items():
         if name.endswith(ext):
             return fmt
-    raise DataError("InvalidDataset", f"cannot tell the file format from the name '{name}'; use a .jsonl, .json, "
+    raise DataError(ErrorCode.INVALID_DATASET,
+                    f"cannot tell the file format from the name '{name}'; use a .jsonl, .json, "
                     ".parquet or .csv extension or set dataset.train.format", file=uri, field="format")
 
 
@@ -91,9 +93,9 @@ def read_dataset(uri: str, declared_format: str = "auto") -> RawDataset:
 def _read_file(uri: str, declared_format: str, *, allow_empty: bool) -> RawDataset:
     fmt = detect_file_format(uri, declared_format)
     try:
-        data = storage.read_bytes(uri)
-    except storage.StorageError as err:
-        code = "DatasetUnreadable" if err.code == "NotFound" else err.code
+        data = object_store.read_bytes(uri)
+    except object_store.StorageError as err:
+        code = ErrorCode.DATASET_UNREADABLE if err.code == object_store.NOT_FOUND else err.code
         raise DataError(code, f"cannot read the dataset: {err}", file=uri) from None
     return parse_bytes(data, uri, fmt, allow_empty=allow_empty)
 
@@ -114,13 +116,13 @@ def parse_bytes(data: bytes, uri: str, fmt: str, *, allow_empty: bool = False) -
     if not data.strip():
         if allow_empty:
             return RawDataset(uri=uri, format=fmt, rows=[], sha256=digest)
-        raise DataError("InvalidDataset", "the file is empty: expected at least one row", file=uri, line=1)
+        raise DataError(ErrorCode.INVALID_DATASET, "the file is empty: expected at least one row", file=uri, line=1)
     parser = {"jsonl": _parse_jsonl, "json": _parse_json, "csv": _parse_csv, "parquet": _parse_parquet}[fmt]
     rows, problems = parser(data, uri)
     if problems:
-        raise DataError.from_problems("InvalidDataset", problems)
+        raise DataError.from_problems(ErrorCode.INVALID_DATASET, problems)
     if not rows and not allow_empty:
-        raise DataError("InvalidDataset", "the file holds no rows", file=uri, line=1)
+        raise DataError(ErrorCode.INVALID_DATASET, "the file holds no rows", file=uri, line=1)
     return RawDataset(uri=uri, format=fmt, rows=rows, sha256=digest)
 
 
@@ -202,14 +204,14 @@ def list_shards(uri: str, field: str) -> list[str]:
         return [uri]
     base, pattern = split_glob(uri)
     try:
-        names = storage.list_files(base or ".")
-    except storage.StorageError as err:
+        names = object_store.list_files(base or ".")
+    except object_store.StorageError as err:
         raise DataError(err.code, f"cannot list the shards of the glob: {err}", file=uri, field=field) from None
     regex = glob_regex(pattern)
-    matched = [storage.join(base, name) if base else name for name in names if regex.fullmatch(name)]
+    matched = [object_store.join(base, name) if base else name for name in names if regex.fullmatch(name)]
     if not matched:
         where = f"{len(names)} file{'' if len(names) == 1 else 's'} there" if names else "no file there at all"
-        raise DataError("DatasetUnreadable",
+        raise DataError(ErrorCode.DATASET_UNREADABLE,
                         f"the glob matches no file under {base or '.'} ({where}); check the pattern (`*` and `?` "
                         "stay within one folder, `**` crosses folders), the bucket and prefix, and that the "
                         "shards were written", file=uri, field=field)

@@ -22,8 +22,8 @@ import uuid
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from sftjob_trainer import storage
-from sftjob_trainer.distill.teacher import Reply, TeacherConfig
+from sftjob_trainer import object_store
+from sftjob_trainer.distill.teacher_api import Reply, TeacherConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class ReplyStore:
             flush_replies: Replies buffered before a part is written.
             flush_seconds: The longest a reply waits in the buffer.
         """
-        self.root = storage.join(output_uri, REPLIES_DIR)
+        self.root = object_store.join(output_uri, REPLIES_DIR)
         self.flush_replies = flush_replies
         self.flush_seconds = flush_seconds
         self._pending: list[Reply] = []
@@ -81,10 +81,11 @@ class ReplyStore:
     def load(self) -> dict[str, Reply]:
         """Every cached reply by key (a reply stored twice: the later part wins)."""
         replies: dict[str, Reply] = {}
-        for name in storage.list_files(self.root):
+        for name in object_store.list_files(self.root):
             if not name.endswith(".jsonl"):
                 continue
-            for line in storage.read_bytes(storage.join(self.root, name)).decode("utf-8", "replace").splitlines():
+            data = object_store.read_bytes(object_store.join(self.root, name))
+            for line in data.decode("utf-8", "replace").splitlines():
                 try:
                     reply = Reply.from_json(json.loads(line))
                 except (ValueError, KeyError, TypeError):
@@ -107,5 +108,5 @@ class ReplyStore:
             return
         name = f"part-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         body = "".join(json.dumps(r.to_json(), ensure_ascii=False) + "\n" for r in self._pending)
-        storage.write_bytes(storage.join(self.root, name), body.encode())
+        object_store.write_bytes(object_store.join(self.root, name), body.encode())
         self._pending = []

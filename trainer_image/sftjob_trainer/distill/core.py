@@ -26,11 +26,12 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from sftjob_api.codes import ErrorCode
+from sftjob_api.pod_env import OPENAI_API_KEY, TEACHER_KEY_ENV
 from sftjob_api.types import DistillationSpec, DistillationStats, SFTJobSpec, TrainingData
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.distill import cache, filters, prompts, self_instruct, teacher
-from sftjob_trainer.distill.teacher import Reply, Request, TeacherConfig
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.distill.teacher_api import Reply, Request, TeacherConfig
+from sftjob_trainer.trainer_error import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ REJECTED_FILE: Final = "data/distilled.rejected.jsonl"
 STATS_FILE: Final = "data/distilled.stats.json"
 # Where the teacher's key is read from: the operator maps `teacher.secretRef`'s OPENAI_API_KEY to the first, so
 # that a judge's OPENAI_API_KEY from another Secret cannot collide with it.
-API_KEY_ENVS: Final = ("SFTJOB_TEACHER_API_KEY", "OPENAI_API_KEY")
+API_KEY_ENVS: Final = (TEACHER_KEY_ENV, OPENAI_API_KEY)
 # Self-Instruct and Evol-Instruct sample for diversity whatever the answers' settings (Self-Instruct used 0.7-1.0).
 INSTRUCTION_TEMPERATURE: Final = 1.0
 INSTRUCTION_TOP_P: Final = 1.0
@@ -235,7 +236,7 @@ def distill(spec: SFTJobSpec, output_uri: str, progress: Callable[[GenerationPro
     """
     distillation: DistillationSpec | None = spec.distillation
     if distillation is None:
-        raise TrainerError("InvalidSpec", "spec.distillation is not set: nothing to generate", "distillation")
+        raise TrainerError(ErrorCode.INVALID_SPEC, "spec.distillation is not set: nothing to generate", "distillation")
     options = options or DistillOptions()
     api_key = api_key if api_key is not None else api_key_from_env()
     started = time.monotonic()
@@ -243,7 +244,7 @@ def distill(spec: SFTJobSpec, output_uri: str, progress: Callable[[GenerationPro
     store = cache.ReplyStore(output_uri, options.flush_replies, options.flush_seconds)
     asker = _Teacher(config, api_key, store, progress, options)
     stats = DistillationStats()
-    stats_uri = storage.join(output_uri, STATS_FILE)
+    stats_uri = object_store.join(output_uri, STATS_FILE)
     filter_spec = distillation.filters
     try:
         if distillation.prompts.generate is not None:
@@ -261,7 +262,7 @@ def distill(spec: SFTJobSpec, output_uri: str, progress: Callable[[GenerationPro
                                                     grow.evolve)
             if not grown.instructions:
                 why = dict(grown.dropped) or "no numbered list in the replies"
-                raise TrainerError("PreflightFailed", f"Self-Instruct produced no usable instruction from "
+                raise TrainerError(ErrorCode.PREFLIGHT_FAILED, f"Self-Instruct produced no usable instruction from "
                                    f"{len(seeds)} seed tasks ({why}); check the teacher and "
                                    "distillation.prompts.generate", "distillation.prompts.generate")
             items = [prompts.PromptItem(messages=(("user", text),)) for text in grown.instructions]
@@ -275,7 +276,7 @@ def distill(spec: SFTJobSpec, output_uri: str, progress: Callable[[GenerationPro
         answers = asker.ask(asker.requests(answer_turns, config, distillation.samples_per_prompt), "answers")
     except TrainerError:
         stats = stats.model_copy(update=_counters(asker, started, complete=False))
-        storage.write_bytes(stats_uri, json.dumps(stats.to_wire(), indent=2).encode())
+        object_store.write_bytes(stats_uri, json.dumps(stats.to_wire(), indent=2).encode())
         raise
     samples = distillation.samples_per_prompt
     pairs = [(items[i // samples], reply) for i, reply in enumerate(answers)]
@@ -295,18 +296,19 @@ def distill(spec: SFTJobSpec, output_uri: str, progress: Callable[[GenerationPro
                       "finish_reason": pairs[i][1].finish_reason, "error": pairs[i][1].error or None}
                      for i, reason in outcome.dropped]
     data = _jsonl(kept_rows)
-    uri = storage.join(output_uri, DISTILLED_FILE)
+    uri = object_store.join(output_uri, DISTILLED_FILE)
     stats = stats.model_copy(update={
         **_counters(asker, started, complete=True), "uri": uri, "complete": True, "responses": len(candidates),
         "kept": len(outcome.kept), "dropped": outcome.counts, "sha256": hashlib.sha256(data).hexdigest()})
-    storage.write_bytes(storage.join(output_uri, REJECTED_FILE), _jsonl(rejected_rows))
-    storage.write_bytes(stats_uri, json.dumps(stats.to_wire(), indent=2).encode())
+    object_store.write_bytes(object_store.join(output_uri, REJECTED_FILE), _jsonl(rejected_rows))
+    object_store.write_bytes(stats_uri, json.dumps(stats.to_wire(), indent=2).encode())
     if not outcome.kept:
-        raise TrainerError("PreflightFailed", f"the filters dropped every one of the {len(candidates)} teacher "
+        raise TrainerError(ErrorCode.PREFLIGHT_FAILED,
+                           f"the filters dropped every one of the {len(candidates)} teacher "
                            f"answers ({', '.join(f'{k}: {v}' for k, v in outcome.counts.items())}); see "
                            f"{REJECTED_FILE} and loosen distillation.filters or fix the prompts",
                            "distillation.filters")
-    storage.write_bytes(uri, data)
+    object_store.write_bytes(uri, data)
     log.info("distilled %d of %d answers into %s (dropped %s; %d requests, %d cached, %s)", stats.kept,
              stats.responses, uri, stats.dropped or "none", stats.requests, stats.cached_requests, stats.cache)
     return DistillResult(uri=uri, stats=stats, stats_uri=stats_uri)

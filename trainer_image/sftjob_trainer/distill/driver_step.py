@@ -17,9 +17,8 @@ from typing import Any, Final
 
 from sftjob_api.progress import format_duration
 from sftjob_api.types import DistillationStats
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.artifacts import describe_bytes
-from sftjob_trainer.config import JobContext
 from sftjob_trainer.distill.core import (
     DISTILLED_FILE,
     REJECTED_FILE,
@@ -28,8 +27,9 @@ from sftjob_trainer.distill.core import (
     distill,
     with_distilled_train,
 )
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.job_context import JobContext
 from sftjob_trainer.reporting import ProgressWriter, now_rfc3339
+from sftjob_trainer.trainer_error import TrainerError
 
 # progress.json's `message` while Generating, and how `sftjob run`'s bar reads its counts back.
 _COUNTS = re.compile(r"prompts (\d+)/(\d+)")
@@ -64,8 +64,9 @@ def progress_fields(progress: GenerationProgress) -> dict[str, Any]:
 def _stats_on_failure(output_uri: str) -> DistillationStats | None:
     """The stats a failed run wrote (`complete: false`), None when there are none."""
     try:
-        return DistillationStats.model_validate(json.loads(storage.read_bytes(storage.join(output_uri, STATS_FILE))))
-    except (storage.StorageError, ValueError):
+        data = object_store.read_bytes(object_store.join(output_uri, STATS_FILE))
+        return DistillationStats.model_validate(json.loads(data))
+    except (object_store.StorageError, ValueError):
         return None
 
 
@@ -109,4 +110,5 @@ def manifest_files(output_uri: str, stats: DistillationStats | None) -> dict[str
     """`{name: {sha256, size}}` of the generated files, for manifest.json (empty without distillation)."""
     if stats is None or not stats.complete:
         return {}
-    return {name: describe_bytes(storage.read_bytes(storage.join(output_uri, name))) for name in MANIFEST_FILES}
+    return {name: describe_bytes(object_store.read_bytes(object_store.join(output_uri, name)))
+            for name in MANIFEST_FILES}

@@ -17,10 +17,11 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import PromptsSpec, SFTJobSpec
-from sftjob_trainer.data.errors import DataError
+from sftjob_trainer.data.problems import DataError
 from sftjob_trainer.data.readers import Row, read_dataset
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 ROLES = ("system", "user", "assistant")
 PROMPTS_FIELD = "distillation.prompts.uri"
@@ -156,7 +157,7 @@ def load_prompts(spec: PromptsSpec, reference_column: str | None) -> list[Prompt
                                   "rename a column with distillation.prompts.columnMap")
             items.append(to_prompt(data, schema, row.line, reference_column))
         except PromptError as err:
-            raise TrainerError("InvalidDataset", f"{spec.uri}:{row.line}: {err}", PROMPTS_FIELD) from None
+            raise TrainerError(ErrorCode.INVALID_DATASET, f"{spec.uri}:{row.line}: {err}", PROMPTS_FIELD) from None
     return items
 
 
@@ -175,7 +176,7 @@ def load_seed_tasks(uri: str) -> list[str]:
                 raise PromptError("a seed task needs an instruction or prompt column")
             tasks.append(to_prompt(row.data, schema, row.line, None).text)
         except PromptError as err:
-            raise TrainerError("InvalidDataset", f"{uri}:{row.line}: {err}", field) from None
+            raise TrainerError(ErrorCode.INVALID_DATASET, f"{uri}:{row.line}: {err}", field) from None
     return tasks
 
 

@@ -32,6 +32,8 @@ replies already streamed are kept by the caller, and the failure becomes the ret
 Replies still inside the pipeline at that moment (at most about `concurrency` plus the blocks Ray Data had
 queued for the postprocess map) are lost, and asked for again by the next attempt.
 The API key goes to the stage as an Authorization header and is scrubbed from every message raised here.
+
+What is sent and answered is in `teacher_api`; how answers and failures are judged is in `teacher_failures`.
 """
 
 from __future__ import annotations
@@ -39,17 +41,13 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Final
 
-import aiohttp
-
-from sftjob_api.codes import ErrorCode
-from sftjob_api.types import DistillationSpec
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.distill.teacher_api import Reply, Request, TeacherConfig, parse_reply
+from sftjob_trainer.distill.teacher_failures import TeacherFailure, failure_error, teacher_session
+from sftjob_trainer.trainer_error import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -59,160 +57,6 @@ ASYNC_BATCHES_PER_ACTOR: Final = 4
 # CPU each HTTP actor (and each pre/postprocess task) reserves: they wait on sockets, so many fit beside the
 # training workers.
 ACTOR_CPUS: Final = 0.1
-# Characters of a teacher's error kept in messages: enough for its reason, never a whole page.
-ERROR_CHARS: Final = 300
-# Marks the errors the session hook raises, so they can be told apart once Ray has wrapped them.
-_MARK: Final = "sftjob-teacher-http-status="
-# Statuses the Ray Data HTTP stage retries itself.
-STAGE_RETRIED: Final = frozenset({408, 429, 502, 503, 504})
-# Statuses that no retry can fix: the run fails at once.
-FATAL_STATUSES: Final = frozenset({401, 403, 404})
-CHAT_COMPLETIONS: Final = "/chat/completions"
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    """How to reach the teacher and how to sample: what the Ray Data pipeline needs (the key travels apart)."""
-
-    endpoint: str
-    """Base URL up to and including `/v1`."""
-    model: str
-    """The model name at the endpoint."""
-    temperature: float = 0.7
-    """Sampling temperature."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    max_tokens: int = 2048
-    """Longest answer in tokens."""
-    concurrency: int = 8
-    """Requests in flight at most."""
-    timeout_s: float = 300.0
-    """Total timeout of one request."""
-    max_retries: int = 4
-    """Retries of one request (timeouts, connection errors, 408/429/5xx)."""
-    retry_base_s: float = 1.0
-    """Backoff base: the stage sleeps `retry_base_s * 2**k` after its k-th failed try."""
-
-    @property
-    def url(self) -> str:
-        """The chat-completions URL."""
-        return self.endpoint.rstrip("/") + CHAT_COMPLETIONS
-
-    @classmethod
-    def from_spec(cls, spec: DistillationSpec, retry_base_s: float = 1.0) -> TeacherConfig:
-        """The config of `spec.teacher` and its sampling settings."""
-        teacher = spec.teacher
-        return cls(endpoint=teacher.endpoint, model=teacher.model, temperature=spec.temperature, top_p=spec.top_p,
-                   max_tokens=spec.max_tokens, concurrency=teacher.concurrency, timeout_s=teacher.timeout_seconds,
-                   max_retries=teacher.max_retries, retry_base_s=retry_base_s)
-
-    def worst_case_seconds(self) -> float:
-        """The longest one request can take before the run gives up on it."""
-        return (self.max_retries + 1) * self.timeout_s + (2 ** (self.max_retries + 1) - 1) * self.retry_base_s
-
-
-@dataclass(frozen=True)
-class Request:
-    """One chat-completion request; `key` addresses its reply in the cache."""
-
-    key: str
-    """Content hash of endpoint, model, messages, sampling settings and sample index (see `cache.request_key`)."""
-    messages: tuple[tuple[str, str], ...]
-    """(role, content) turns sent to the teacher."""
-
-
-@dataclass(frozen=True)
-class Reply:
-    """What the teacher answered to one request."""
-
-    key: str
-    """The request's key."""
-    content: str = ""
-    """The answer (reasoning split off)."""
-    reasoning: str = ""
-    """The reasoning: `reasoning_content` / `reasoning` of the message, or a leading `<think>` block."""
-    finish_reason: str = ""
-    """`stop`, `length` (cut at max_tokens), ..."""
-    prompt_tokens: int = 0
-    """Prompt tokens, as the teacher counted them."""
-    completion_tokens: int = 0
-    """Completion tokens (reasoning included)."""
-    error: str = ""
-    """Why there is no answer (an error body the teacher sent instead); empty for an answer."""
-
-    def to_json(self) -> dict[str, Any]:
-        """The cache's form of the reply."""
-        return {"key": self.key, "content": self.content, "reasoning": self.reasoning,
-                "finish_reason": self.finish_reason, "prompt_tokens": self.prompt_tokens,
-                "completion_tokens": self.completion_tokens, "error": self.error}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> Reply:
-        """Read the cache's form back."""
-        return cls(key=str(data["key"]), content=str(data.get("content") or ""),
-                   reasoning=str(data.get("reasoning") or ""), finish_reason=str(data.get("finish_reason") or ""),
-                   prompt_tokens=int(data.get("prompt_tokens") or 0),
-                   completion_tokens=int(data.get("completion_tokens") or 0), error=str(data.get("error") or ""))
-
-
-@dataclass
-class TeacherFailure:
-    """Facts about a failed run, for its error message."""
-
-    endpoint: str
-    """The teacher's endpoint."""
-    done: int = 0
-    """Replies received before the failure."""
-    total: int = 0
-    """Requests in the run."""
-    notes: list[str] = field(default_factory=list)
-    """Extra sentences for the message."""
-
-
-_THINK = re.compile(r"^\s*<think>(.*?)(</think>|$)", re.DOTALL)
-
-
-def split_reasoning(content: str) -> tuple[str, str]:
-    """Split a leading `<think>...</think>` block off an answer.
-
-    Args:
-        content: The message content.
-
-    Returns:
-        (answer, reasoning); an unclosed `<think>` makes everything reasoning.
-    """
-    match = _THINK.match(content)
-    if not match:
-        return content, ""
-    return content[match.end():].lstrip(), match.group(1).strip()
-
-
-def parse_reply(key: str, body: Any) -> Reply:
-    """Read a chat-completion response body (pure).
-
-    Args:
-        key: The request's key.
-        body: The decoded JSON the teacher answered.
-
-    Returns:
-        The reply; `error` set when the body holds no choice (an error object instead).
-    """
-    if not isinstance(body, Mapping) or not body.get("choices"):
-        error: Any = body.get("error") if isinstance(body, Mapping) else None
-        if isinstance(error, Mapping):
-            error = error.get("message") or json.dumps(error)
-        text = str(error or body)[:ERROR_CHARS]
-        return Reply(key=key, error=text or "the teacher answered no choices")
-    choice = body["choices"][0]
-    message = choice.get("message") or {}
-    content = str(message.get("content") or "")
-    reasoning = str(message.get("reasoning_content") or message.get("reasoning") or "")
-    if not reasoning:
-        content, reasoning = split_reasoning(content)
-    usage = body.get("usage") or {}
-    return Reply(key=key, content=content, reasoning=reasoning.strip(), finish_reason=str(choice.get("finish_reason")
-                 or ""), prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                 completion_tokens=int(usage.get("completion_tokens") or 0))
 
 
 def split_concurrency(concurrency: int) -> tuple[int, int]:
@@ -227,43 +71,6 @@ def split_concurrency(concurrency: int) -> tuple[int, int]:
     per_actor = max(d for d in range(1, ASYNC_BATCHES_PER_ACTOR + 1) if concurrency % d == 0)
     return per_actor, concurrency // per_actor
 
-
-def redact(text: str, secret: str | None) -> str:
-    """`text` with every occurrence of `secret` replaced by `***`."""
-    return text.replace(secret, "***") if secret else text
-
-
-# ------------------------------------------------------------------------------------------- in Ray actors
-
-
-class TeacherServerError(aiohttp.ServerConnectionError):
-    """A 5xx or a 2xx that is not JSON, raised as a connection error so that the HTTP stage retries it."""
-
-
-class TeacherRejected(aiohttp.ClientError):
-    """An answer no retry can fix (401, 403, 404, a 4xx that is not JSON): the stage lets it through, the run fails."""
-
-
-async def _check_response(response: aiohttp.ClientResponse) -> None:
-    """The session's `raise_for_status` hook: it sees every response before the HTTP stage reads it."""
-    status = int(response.status)
-    if status in STAGE_RETRIED:
-        return
-    is_json = "json" in (response.content_type or "")
-    kind: type[aiohttp.ClientError] | None = None
-    if status in FATAL_STATUSES or (400 <= status < 500 and not is_json):
-        kind = TeacherRejected
-    elif status >= 500 or (status < 300 and not is_json):
-        kind = TeacherServerError
-    if kind is not None:
-        reason = response.reason or ""
-        response.release()
-        raise kind(f"{_MARK}{status} {reason}{'' if is_json else ' (not JSON)'}")
-
-
-def teacher_session(timeout_s: float) -> aiohttp.ClientSession:
-    """The aiohttp session of the HTTP stage (its `session_factory`): a total timeout and the status hook."""
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s), raise_for_status=_check_response)
 
 
 def _payload(row: dict[str, Any], model: str, temperature: float, top_p: float, max_tokens: int) -> dict[str, Any]:
@@ -351,59 +158,3 @@ def generate(requests: Sequence[Request], config: TeacherConfig, api_key: str | 
         raise failure_error(str(err), config, failure, api_key) from None
     finally:
         context.enable_progress_bars = bars
-
-
-# What the HTTP stage names as the last error of a request that spent its retries, in words.
-_LAST_ERRORS: Final = {
-    "TeacherServerError": "an HTTP 5xx answer, or one that is not JSON",
-    "TimeoutError": "no answer within distillation.teacher.timeoutSeconds",
-    "ClientConnectorError": "cannot connect",
-    "ServerDisconnectedError": "the connection closed without an answer",
-    "ClientOSError": "the connection failed",
-}
-_RETRIES_SPENT = re.compile(r"Reached maximum retries of (\d+).*?Previous Exception: (.*?)\. Full Traceback", re.DOTALL)
-_STATUS = re.compile(re.escape(_MARK) + r"(\d{3}) ?([^\n'\"]*)")
-
-
-def failure_error(text: str, config: TeacherConfig, failure: TeacherFailure, api_key: str | None) -> TrainerError:
-    """The error of a failed run, from the text of what Ray raised (pure).
-
-    Args:
-        text: `str()` of the exception Ray Data raised.
-        config: The teacher's config.
-        failure: What had been received.
-        api_key: The key, scrubbed from the message.
-
-    Returns:
-        `AccessDenied` for 401/403, `InvalidSpec` for 404 and other fatal 4xx, else `TeacherUnavailable`
-        (retryable).
-    """
-    text = redact(text, api_key)
-    where = f"the teacher {config.model} at {config.endpoint}"
-    status = _STATUS.search(text)
-    if status and (int(status.group(1)) in FATAL_STATUSES or 400 <= int(status.group(1)) < 500):
-        code, reason = int(status.group(1)), status.group(2).strip()
-        if code in (401, 403):
-            return TrainerError("AccessDenied", f"{where} refused the request (HTTP {code} {reason}): check the "
-                                "OPENAI_API_KEY of distillation.teacher.secretRef", "distillation.teacher.secretRef",
-                                retryable=False)
-        return TrainerError("InvalidSpec", f"{where} answered HTTP {code} {reason}: check distillation.teacher."
-                            "endpoint (the base URL of an OpenAI-compatible API, up to and including /v1) and "
-                            "distillation.teacher.model", "distillation.teacher.endpoint", retryable=False)
-    spent = _RETRIES_SPENT.search(text)
-    if spent:
-        last = spent.group(2).strip()
-        inner = _STATUS.search(last)
-        last = f"HTTP {inner.group(1)} {inner.group(2).strip()}".strip() if inner else _LAST_ERRORS.get(last, last)
-        cause = f"did not answer after {spent.group(1)} retries (last error: {last[:ERROR_CHARS]})"
-    elif "ContentTypeError" in text:
-        cause = "answered with something that is not JSON"
-    else:
-        first = next((line.strip() for line in text.splitlines() if line.strip()), type(text).__name__)
-        cause = f"failed: {first[:ERROR_CHARS]}"
-    return TrainerError(
-        ErrorCode.TEACHER_UNAVAILABLE,
-        f"{where} {cause}; {failure.done} of {failure.total} answers of this run were received and are kept: the "
-        "next attempt continues from them",
-        "distillation.teacher.endpoint",
-    )

@@ -17,15 +17,10 @@ from data_helpers import write_jsonl
 
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import analyze, read_dataset
-from sftjob_trainer.data.formats import Conversation, Message, convert_rows
-from sftjob_trainer.data.templates import (
-    NAMED,
-    PLAIN_JINJA,
-    PlainTemplate,
-    TemplateError,
-    named_template,
-    named_template_jinja,
-)
+from sftjob_trainer.data.conversation import Conversation, Message
+from sftjob_trainer.data.formats import convert_rows
+from sftjob_trainer.data.named_templates import NAMED, PLAIN_JINJA, PlainTemplate, named_template, named_template_jinja
+from sftjob_trainer.data.rendering import TemplateError
 
 CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
 TOOL = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}

@@ -17,8 +17,9 @@ from data_helpers import write_jsonl
 
 from sftjob_api.types import DatasetSpec
 from sftjob_trainer.data import IGNORE_INDEX, DataError, prepare_dataset
-from sftjob_trainer.data.formats import Conversation, Message
-from sftjob_trainer.data.templates import JinjaTemplate, TemplateError
+from sftjob_trainer.data.conversation import Conversation, Message
+from sftjob_trainer.data.jinja_template import JinjaTemplate
+from sftjob_trainer.data.rendering import TemplateError
 
 
 def trained_text(tokenizer: Any, ids: list[int], labels: list[int]) -> str:
