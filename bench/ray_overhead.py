@@ -58,7 +58,7 @@ from transformers import TrainerCallback
 from sftjob_api.types import parse_sftjob
 from sftjob_trainer.in_process import build_local_trainer
 from sftjob_trainer.reporting import ProgressWriter
-from sftjob_trainer.worker import TokenCounter
+from sftjob_trainer.progress_callback import TokenCounter
 
 job = parse_sftjob(json.loads(Path(sys.argv[1]).read_text()))
 work = Path(sys.argv[2])

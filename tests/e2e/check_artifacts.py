@@ -10,7 +10,7 @@ import hashlib
 import json
 import sys
 
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 
 # What a LoRA job's manifest must vouch for: the PEFT adapter.
 REQUIRED = ("adapter/adapter_config.json", "adapter/adapter_model.safetensors")
@@ -20,19 +20,19 @@ LIVE = {"progress.json"}
 
 def check(job_uri: str) -> list[str]:
     """Problems with the output at `job_uri`; empty when manifest.json vouches for every file."""
-    manifest_uri = storage.join(job_uri, "manifest.json")
-    if not storage.exists(manifest_uri):
+    manifest_uri = object_store.join(job_uri, "manifest.json")
+    if not object_store.exists(manifest_uri):
         return [f"{manifest_uri} is missing: the trainer did not finish its output"]
-    manifest = json.loads(storage.read_bytes(manifest_uri))
+    manifest = json.loads(object_store.read_bytes(manifest_uri))
     files = manifest.get("files", {})
     problems = [f"{name} is not in manifest.json" for name in REQUIRED if name not in files]
     for name, entry in sorted(files.items()):
         if name in LIVE:
             continue
-        data = storage.read_bytes(storage.join(job_uri, name))
+        data = object_store.read_bytes(object_store.join(job_uri, name))
         if (hashlib.sha256(data).hexdigest(), len(data)) != (entry["sha256"], entry["size"]):
             problems.append(f"{name}: content differs from manifest.json")
-    progress = json.loads(storage.read_bytes(storage.join(job_uri, "progress.json")))
+    progress = json.loads(object_store.read_bytes(object_store.join(job_uri, "progress.json")))
     if progress.get("phase") != "Succeeded":
         problems.append(f"progress.json phase is {progress.get('phase')!r}, not 'Succeeded'")
     return problems

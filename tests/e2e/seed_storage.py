@@ -11,7 +11,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.tiny import build_tiny_model
 
 # 64 prompt/completion rows: enough for a few optimizer steps and a validation split, seconds on a CPU.
@@ -26,17 +26,17 @@ def dataset_lines(rows: int = ROWS) -> list[str]:
 
 def seed(bucket_uri: str) -> list[str]:
     """Create the bucket's content: `models/tiny/` and `data/train.jsonl`; returns the URIs written."""
-    client = storage.s3_client()
-    bucket = storage.parse_s3(bucket_uri).bucket
+    client = object_store.s3_client()
+    bucket = object_store.parse_s3(bucket_uri).bucket
     if bucket not in {b["Name"] for b in client.list_buckets().get("Buckets", [])}:
         client.create_bucket(Bucket=bucket)
     written = []
     with tempfile.TemporaryDirectory() as workdir:
         model = build_tiny_model(Path(workdir) / "tiny")
-        for name in storage.upload_dir(model, storage.join(bucket_uri, "models", "tiny")):
-            written.append(storage.join(bucket_uri, "models", "tiny", name))
-    train = storage.join(bucket_uri, "data", "train.jsonl")
-    storage.write_bytes(train, ("\n".join(dataset_lines()) + "\n").encode())
+        for name in object_store.upload_dir(model, object_store.join(bucket_uri, "models", "tiny")):
+            written.append(object_store.join(bucket_uri, "models", "tiny", name))
+    train = object_store.join(bucket_uri, "data", "train.jsonl")
+    object_store.write_bytes(train, ("\n".join(dataset_lines()) + "\n").encode())
     written.append(train)
     return written
 

@@ -165,9 +165,9 @@ def test_trainer_run_and_operator(dataset: Path, request: pytest.FixtureRequest,
                                   tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from sftjob_api.types import SFTJob, SFTJobStatus
     from sftjob_operator.status import ProgressSnapshot, derive_status
-    from sftjob_trainer.config import context_for
     from sftjob_trainer.driver import run_job
-    from sftjob_trainer.errors import TrainerError
+    from sftjob_trainer.job_context import context_for
+    from sftjob_trainer.trainer_error import TrainerError
 
     case = _case(request)
     output = tmp_path / "out"

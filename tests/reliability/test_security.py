@@ -189,7 +189,7 @@ ESCAPES = [
 
 
 def _rejected_by_operator(document: dict[str, Any]) -> bool:
-    from sftjob_api.errors import check_document
+    from sftjob_api.field_problems import check_document
     from sftjob_operator.rayjob import check_renderable
 
     job, _ = check_document(document)
@@ -256,8 +256,8 @@ def pickle_only_model(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFac
                       "allowUnsafeWeights, then they load")
 def test_pickle_weights_need_allow_unsafe_weights(pickle_only_model: Path) -> None:
     from sftjob_api.types import ModelSpec
-    from sftjob_trainer.errors import TrainerError
     from sftjob_trainer.model_loading import load_model, load_tokenizer
+    from sftjob_trainer.trainer_error import TrainerError
 
     spec = ModelSpec(source=str(pickle_only_model))
     tokenizer = load_tokenizer(pickle_only_model, spec)

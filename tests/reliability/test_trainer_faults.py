@@ -26,7 +26,7 @@ import pytest
 
 from sftjob_api.layout import MANIFEST_FILE, PROGRESS_FILE
 from sftjob_api.progress import ProgressFile
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.demo import write_copy_task
 from sftjob_trainer.faults import KILL_WORKER_AT_STEP_ENV
 
@@ -42,7 +42,7 @@ BACKOFF_SCALE = "0.02"
 # Seconds a faulted job may run before the test gives up on it (a hang is a failure, not a wait).
 JOB_TIMEOUT_S = 300
 # Connections one storage operation makes before it gives up: tries x HTTP attempts per try.
-CONNECTIONS_PER_OPERATION = (len(storage.RETRY_DELAYS_S) + 1) * storage.REQUEST_ATTEMPTS
+CONNECTIONS_PER_OPERATION = (len(object_store.RETRY_DELAYS_S) + 1) * object_store.REQUEST_ATTEMPTS
 
 
 class FlakyProxy:
@@ -275,7 +275,7 @@ def run_trainer(doc: dict[str, Any], s3_env: dict[str, str], **extra: str) -> su
     """`python -m sftjob_trainer` on the suite's Ray cluster; its Ray job (the workers) gets `s3_env` too."""
     import ray
 
-    job_env = {**s3_env, storage.BACKOFF_SCALE_ENV: BACKOFF_SCALE, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
+    job_env = {**s3_env, object_store.BACKOFF_SCALE_ENV: BACKOFF_SCALE, "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
     env = {
         **os.environ, **job_env, **extra,
         "SFTJOB_CONFIG": json.dumps(doc),
@@ -295,7 +295,7 @@ def through(proxy: FlakyProxy, s3_server: Any) -> dict[str, str]:
 
 def fetch(s3_server: Any, uri: str, local: Path) -> Path:
     """Download an output straight from the server (not through the proxy)."""
-    loc = storage.parse_s3(uri)
+    loc = object_store.parse_s3(uri)
     client = s3_server.client()
     for page in client.get_paginator("list_objects_v2").paginate(Bucket=loc.bucket, Prefix=loc.key + "/"):
         for obj in page.get("Contents", []):
@@ -416,7 +416,7 @@ def through_proxy(proxy: FlakyProxy, s3_server: Any, monkeypatch: pytest.MonkeyP
     """This process's boto3 pointed at the proxy, with the suite's short backoff."""
     for key, value in through(proxy, s3_server).items():
         monkeypatch.setenv(key, value)
-    monkeypatch.setenv(storage.BACKOFF_SCALE_ENV, BACKOFF_SCALE)
+    monkeypatch.setenv(object_store.BACKOFF_SCALE_ENV, BACKOFF_SCALE)
     s3_server.create_bucket(BUCKET)
     return proxy
 
@@ -426,13 +426,13 @@ def through_proxy(proxy: FlakyProxy, s3_server: Any, monkeypatch: pytest.MonkeyP
 def test_storage_call_gives_up_after_its_tries(through_proxy: FlakyProxy, monkeypatch: pytest.MonkeyPatch,
                                                hang: bool, figures: dict[str, str]) -> None:
     # The read timeout is what ends a try against a hung endpoint; shrunk here, it is the one number that changes.
-    monkeypatch.setattr(storage, "READ_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(object_store, "READ_TIMEOUT_S", 0.3)
     through_proxy.outage(drop=None, hang=hang)
-    with pytest.raises(storage.StorageError) as caught:
-        storage.read_bytes(f"s3://{BUCKET}/bounded/file.txt")  # a GET: no 100-continue wait before the timeout
+    with pytest.raises(object_store.StorageError) as caught:
+        object_store.read_bytes(f"s3://{BUCKET}/bounded/file.txt")  # a GET: no 100-continue wait before the timeout
     assert caught.value.code == "StorageUnavailable" and caught.value.retryable
     assert through_proxy.dropped == CONNECTIONS_PER_OPERATION  # tried exactly the budget, then stopped
-    budget = storage.retry_budget()
+    budget = object_store.retry_budget()
     figures["storage retry budget per call (tries x HTTP attempts)"] = \
         f"{budget['tries']:.0f} x {budget['request_attempts']:.0f}"
     figures["storage outage always ridden out / most time before giving up (hung endpoint)"] = \
@@ -442,10 +442,10 @@ def test_storage_call_gives_up_after_its_tries(through_proxy: FlakyProxy, monkey
 @pytest.mark.scenario(AREA, BOUNDED)
 def test_storage_call_rides_out_an_outage_within_its_tries(through_proxy: FlakyProxy) -> None:
     through_proxy.outage(drop=CONNECTIONS_PER_OPERATION - 1)
-    storage.write_bytes(f"s3://{BUCKET}/bounded/late.txt", b"made it")
+    object_store.write_bytes(f"s3://{BUCKET}/bounded/late.txt", b"made it")
     assert through_proxy.dropped == CONNECTIONS_PER_OPERATION - 1
     through_proxy.heal()
-    assert storage.read_bytes(f"s3://{BUCKET}/bounded/late.txt") == b"made it"
+    assert object_store.read_bytes(f"s3://{BUCKET}/bounded/late.txt") == b"made it"
 
 
 def _adapter_put(name: str) -> bytes:
@@ -455,7 +455,7 @@ def _adapter_put(name: str) -> bytes:
 
 def exists_direct(s3_server: Any, uri: str) -> bool:
     """Whether an object exists, asked of the server directly (not through the proxy)."""
-    loc = storage.parse_s3(uri)
+    loc = object_store.parse_s3(uri)
     found = s3_server.client().list_objects_v2(Bucket=loc.bucket, Prefix=loc.key).get("KeyCount", 0)
     return bool(found)
 

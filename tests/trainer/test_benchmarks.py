@@ -19,8 +19,8 @@ import pytest
 from sftjob_api.types import BenchmarkResult, BenchmarkTask, ModelSpec
 from sftjob_trainer.artifacts import generate_answers
 from sftjob_trainer.benchmarks import TaskScore, compare, run_tasks
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.model_loading import load_tokenizer
+from sftjob_trainer.trainer_error import TrainerError
 
 pytestmark = pytest.mark.slow
 

@@ -76,9 +76,9 @@ def test_plan_records_choices_and_liger_reaches_sftconfig(tiny_model_dir: Path, 
 
     from trl import SFTConfig
 
-    from sftjob_trainer.config import context_for
     from sftjob_trainer.data import prepare_dataset
-    from sftjob_trainer.driver import plan_job
+    from sftjob_trainer.job_context import context_for
+    from sftjob_trainer.preparation import plan_job
 
     job = make_job("t", tiny_model_dir, copy_data, tmp_path, dataset={"packing": True})
     tokenizer = load_tokenizer(tiny_model_dir, job.spec.model)

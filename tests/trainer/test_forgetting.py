@@ -13,8 +13,6 @@ import yaml
 from sftjob_api.codes import ErrorCode
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import EvaluationSpec, SFTJob
-from sftjob_trainer.config import context_for
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.forgetting import (
     check_gate,
     forgetting_result,
@@ -22,7 +20,9 @@ from sftjob_trainer.forgetting import (
     reference_rows,
     reference_tokens,
 )
+from sftjob_trainer.job_context import context_for
 from sftjob_trainer.tiny import default_corpus
+from sftjob_trainer.trainer_error import TrainerError
 
 from .conftest import job_document, make_job
 

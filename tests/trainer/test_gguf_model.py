@@ -18,9 +18,9 @@ import pytest
 import yaml
 
 from sftjob_api.types import ModelSpec
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.gguf_model import ORIGIN_FILE, inspect, origin_of
 from sftjob_trainer.model_loading import cache_root, load_tokenizer, resolve_model_dir
+from sftjob_trainer.trainer_error import TrainerError
 
 from .conftest import job_document
 

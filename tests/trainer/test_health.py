@@ -22,9 +22,9 @@ from sftjob_api.layout import PROGRESS_FILE
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import LossSpikeSpec
 from sftjob_trainer import worker
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.health import HealthGuard, HealthGuardMixin, SpikeDetector, non_finite_error
 from sftjob_trainer.reporting import ProgressWriter, now_rfc3339
+from sftjob_trainer.trainer_error import TrainerError
 
 from .conftest import make_job
 
@@ -102,7 +102,7 @@ def _train(tiny_model_dir: Path, copy_data: Path, tmp_path: Path, monkeypatch: p
                         progress or ProgressFile(phase="Running", updated_at=now_rfc3339()), writer)
     probe = Probe()
     monkeypatch.setattr(worker, "lean_sft_trainer_class", lambda: GuardedTrainer)
-    trainer = worker.build_trainer(spec, model, tokenizer, args, str(tmp_path / "hf"), "packed", rows, None,
+    trainer = worker.build_trainer(spec, model, tokenizer, args, "packed", rows, None,
                                    [guard.callback(), probe.callback()])
     trainer.health_guard = guard
     return trainer, guard, probe, writer

@@ -15,7 +15,6 @@ import pytest
 
 from sftjob_api.codes import ErrorCode
 from sftjob_trainer import local_ray
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.local_ray import (
     CONTROL_PLANE_NICENESS,
     ControlPlanePriority,
@@ -23,6 +22,7 @@ from sftjob_trainer.local_ray import (
     is_control_plane,
     lower_control_plane_priority,
 )
+from sftjob_trainer.trainer_error import TrainerError
 
 # Each stand-in process starts this many threads besides its main thread, as Ray's processes start theirs
 # before the driver can see them (Linux keeps a niceness per thread).

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from sftjob_trainer.data import prepare_dataset
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.hparams import Device, resolve, training_arguments
 from sftjob_trainer.methods import apply_method, check_device, transformer_blocks
 from sftjob_trainer.model_loading import load_model, load_tokenizer, resolve_model_dir
+from sftjob_trainer.trainer_error import TrainerError
 from sftjob_trainer.worker import build_trainer
 
 from .conftest import make_job
@@ -49,8 +49,7 @@ def _train(method: dict[str, Any], tiny_model_dir: Path, copy_data: Path, tmp_pa
     args = training_arguments(spec, plan, str(tmp_path / "hf"))
     rows = [{"input_ids": e.input_ids, "labels": e.labels} for e in prepared.train]
     args = {**args, "save_strategy": "no", "eval_strategy": "no"}
-    trainer = build_trainer(spec, model, tokenizer, args, str(tmp_path / "hf"), batching,
-                            rows, None, [])
+    trainer = build_trainer(spec, model, tokenizer, args, batching, rows, None, [])
     trainer.train()
     assert trainer.state.global_step == 4
     return trainer.model, tokenizer, base, prepared, base_out

@@ -5,25 +5,25 @@ Field → test (every SFTJob field that concerns training):
 | field | test |
 |---|---|
 | model.source (s3://, local), bad path | test_two_workers_on_s3, test_errors::test_bad_base_model_path |
-| model.revision, hf:// | test_units::test_hf_source_and_revision |
-| model.dtype, allowUnsafeWeights | test_units::test_model_load_options |
+| model.revision, hf:// | test_model_loading::test_hf_source_and_revision |
+| model.dtype, allowUnsafeWeights | test_model_loading::test_model_load_options |
 | dataset.* (formats, templates, masks) | tests/data (the pipeline) |
-| dataset.packing | test_units::test_batching_choice |
+| dataset.packing | test_preparation::test_batching_choice |
 | dataset.train unreadable, credentials | test_errors::test_unreadable_dataset, test_missing_credentials |
 | method.type lora, lora.* (r, alpha, dropout, targetModules, useDora, useRslora) | test_methods::test_lora_* |
 | method.type full | test_methods::test_full_fine_tuning_changes_every_block |
 | method.type freeze, freeze.trainableLayers, trainEmbeddings | test_methods::test_freeze_* |
 | method.type prompt_tuning, promptTuning.* | test_methods::test_prompt_tuning_* |
 | method.type qlora, quantization | test_methods::test_qlora_without_cuda_fails_with_unsupported_device |
-| hyperparameters.batchSize, perDeviceBatchSize | test_units::test_batch_split, test_one_and_two_workers_* |
-| hyperparameters.epochs, maxSteps | test_units::test_total_steps |
-| hyperparameters.learningRate, lrScheduler, warmupRatio | test_units::test_training_arguments |
-| hyperparameters.weightDecay, maxGradNorm | test_units::test_training_arguments |
-| hyperparameters.seed, logInterval, evalInterval, neftuneNoiseAlpha | test_units::test_training_arguments |
-| hyperparameters.precision, gradientCheckpointing | test_units::test_precision_and_checkpointing |
-| hyperparameters.earlyStopping | test_units::test_early_stopping_stops |
+| hyperparameters.batchSize, perDeviceBatchSize | test_hparams::test_batch_split, test_one_and_two_workers_* |
+| hyperparameters.epochs, maxSteps | test_hparams::test_total_steps |
+| hyperparameters.learningRate, lrScheduler, warmupRatio | test_hparams::test_training_arguments |
+| hyperparameters.weightDecay, maxGradNorm | test_hparams::test_training_arguments |
+| hyperparameters.seed, logInterval, evalInterval, neftuneNoiseAlpha | test_hparams::test_training_arguments |
+| hyperparameters.precision, gradientCheckpointing | test_hparams::test_precision_and_checkpointing |
+| hyperparameters.earlyStopping | test_worker::test_early_stopping_stops |
 | compute.numWorkers, gpusPerWorker | test_two_workers_on_s3 |
-| checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_units::test_run_config |
+| checkpointing.interval, keep, resumeFrom | test_resume_after_the_driver_is_killed, test_driver::test_run_config |
 | evaluation.numSamples, maxNewTokens, metrics, duringTraining | test_two_workers_on_s3 |
 | evaluation.reference (maxRows, maxTokens), maxForgetting, onForgetting | test_forgetting (a degrade, a fail run) |
 | output.uri, saveAdapter, mergeAdapter | test_two_workers_on_s3 |
@@ -43,9 +43,9 @@ from typing import Any
 import pytest
 
 from sftjob_api.progress import ProgressFile
-from sftjob_trainer import storage
-from sftjob_trainer.config import context_for
+from sftjob_trainer import object_store
 from sftjob_trainer.driver import run_job
+from sftjob_trainer.job_context import context_for
 from sftjob_trainer.reporting import read_metrics
 
 from .conftest import job_document, make_job
@@ -60,7 +60,7 @@ STEPS = 4
 
 
 def _upload_tree(local: Path, uri: str) -> None:
-    storage.upload_dir(local, uri)
+    object_store.upload_dir(local, uri)
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def s3_two_worker_run(ray_cluster: None, s3_server: Any, tiny_model_dir: Path, c
         # An lm-eval multiple-choice task read from S3, scored on rank 0 before and after training.
         task = "".join(json.dumps({"input": f"Repeat after me: {w}\n", "choices": [w, "seven"], "label": 0}) + "\n"
                        for w in ("red", "cat", "tree"))
-        storage.write_bytes(f"{bucket}/data/repeat_task.jsonl", task.encode())
+        object_store.write_bytes(f"{bucket}/data/repeat_task.jsonl", task.encode())
         doc = job_document("two-workers", f"{bucket}/models/tiny", f"{bucket}/data/train.jsonl",
                            f"{bucket}/data/validation.jsonl", f"{bucket}/out",
                            compute={"numWorkers": 2}, hyperparameters={"maxSteps": STEPS, "batchSize": GLOBAL_BATCH,
@@ -89,7 +89,7 @@ def s3_two_worker_run(ray_cluster: None, s3_server: Any, tiny_model_dir: Path, c
 
         result = run_job(context_for(parse_sftjob(doc), 1))
         local = tmp_path_factory.mktemp("s3-out")
-        storage.download_dir(result.output_uri, local)
+        object_store.download_dir(result.output_uri, local)
         return {"result": result, "local": local, "metrics": read_metrics(result.output_uri)}
     finally:
         for key, value in old.items():

@@ -15,9 +15,9 @@ import pytest
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import DatasetSpec, ModelSpec, parse_sftjob
 from sftjob_trainer.artifacts import generate_answers
-from sftjob_trainer.config import context_for
 from sftjob_trainer.demo import ORDER_INSTRUCTION, write_order_task
 from sftjob_trainer.driver import run_job
+from sftjob_trainer.job_context import context_for
 from sftjob_trainer.model_loading import load_model, load_tokenizer
 
 from .conftest import job_document

@@ -25,7 +25,7 @@ import pytest
 from sftjob_api.types import DatasetSpec, ModelSpec
 from sftjob_trainer.data import analyze, read_dataset
 from sftjob_trainer.data.formats import convert_rows
-from sftjob_trainer.data.templates import PLAIN_JINJA, named_template_jinja
+from sftjob_trainer.data.named_templates import PLAIN_JINJA, named_template_jinja
 from sftjob_trainer.serving import (
     MAX_PROMPTS,
     ServingCheck,
@@ -297,7 +297,7 @@ def test_a_served_prompt_that_differs_is_shown_where_it_differs(base_dir: Path, 
 
 
 def test_a_conversation_without_an_answer_has_no_prompt_to_serve() -> None:
-    from sftjob_trainer.data.formats import Conversation, Message
+    from sftjob_trainer.data.conversation import Conversation, Message
 
     with pytest.raises(ValueError, match="line 7: a conversation without an assistant turn"):
         serving_sample(Conversation((Message("text", "plain"),), "text", 7), [1])

@@ -11,15 +11,15 @@ import os
 import sys
 
 from sftjob_api.codes import ErrorCode
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.interrupts import EXIT_CANCELLED
+from sftjob_trainer.trainer_error import TrainerError
 
 
 def main() -> int:
     """Run the configured job; returns the exit code."""
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    from sftjob_trainer.config import load_context
     from sftjob_trainer.driver import run_job
+    from sftjob_trainer.job_context import load_context
 
     try:
         ctx = load_context()

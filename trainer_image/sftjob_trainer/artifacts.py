@@ -1,18 +1,19 @@
-"""Artifacts: generated eval samples, the loss plot, the model card and manifest.json (written last)."""
+"""What the output's documents say: the loss plot, the model card and manifest.json, and the eval answers' generation.
+
+Rendering only: `sftjob_trainer.export` decides which files a job's output holds and writes them.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import platform
-from pathlib import Path
 from typing import Any
 
 from sftjob_api.codes import ErrorCode
-from sftjob_api.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR
+from sftjob_api.layout import ADAPTER_DIR, MODEL_DIR, Artifacts
 from sftjob_api.progress import ProgressFile
 from sftjob_api.types import SFTJob
-from sftjob_trainer import storage
 from sftjob_trainer.data.mixture import eval_loss_table
 from sftjob_trainer.gguf_model import GgufOrigin
 from sftjob_trainer.task_metrics import format_score
@@ -27,24 +28,9 @@ GENERATION_BATCH = 16
 MANIFEST_VERSION = 1
 
 
-def publish_dir(local: Path, uri: str) -> dict[str, dict[str, Any]]:
-    """Upload every file under `local` to `uri` and return `{relative path: {sha256, size}}`."""
-    entries: dict[str, dict[str, Any]] = {}
-    for name in storage.upload_dir(local, uri):
-        path = local / name
-        entries[name] = {"sha256": storage.sha256_file(path), "size": path.stat().st_size}
-    return entries
-
-
 def describe_bytes(data: bytes) -> dict[str, Any]:
     """The manifest entry `{sha256, size}` of a file's content."""
     return {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-
-
-def publish_bytes(data: bytes, uri: str) -> dict[str, Any]:
-    """Write one file and return its `{sha256, size}`."""
-    storage.write_bytes(uri, data)
-    return describe_bytes(data)
 
 
 def generate_answers(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens: int,
@@ -122,9 +108,17 @@ def loss_plot_png(metrics: list[dict[str, Any]]) -> bytes:
     return buffer.getvalue()
 
 
-def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bool, merged: bool,
+def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, artifacts: Artifacts,
                gguf: GgufOrigin | None = None) -> str:
-    """README.md: base model, data stats, method, resolved hyperparameters, final metrics, how to load it."""
+    """README.md: base model, data stats, method, resolved hyperparameters, final metrics, how to load it.
+
+    Args:
+        job: The job.
+        progress: Its final progress (resolved settings, data stats, metrics, evaluation).
+        output_uri: The job's output directory.
+        artifacts: The model directories the output holds (`sftjob_api.layout.artifacts_for`).
+        gguf: The GGUF file the base weights came from, if they did.
+    """
     spec = job.spec
     resolved = progress.resolved.model_dump(exclude_none=True, by_alias=True) if progress.resolved else {}
     stats = progress.dataset.model_dump(exclude_none=True, by_alias=True) if progress.dataset else {}
@@ -133,7 +127,7 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
     mixture = f"{mixture}\n" if mixture else ""
     metrics = progress.metrics.model_dump(exclude_none=True, by_alias=True)
     method = spec.method.model_dump(exclude_none=True, by_alias=True)
-    if adapter:
+    if artifacts.adapter:
         load = (
             "```python\nfrom peft import AutoPeftModelForCausalLM\nfrom transformers import AutoTokenizer\n\n"
             f'model = AutoPeftModelForCausalLM.from_pretrained("{ADAPTER_DIR}")  # fetch {output_uri}/{ADAPTER_DIR}\n'
@@ -141,7 +135,7 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
         )
     else:
         load = ""
-    if merged or not adapter:
+    if artifacts.model:
         load += (
             "```python\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
             f'model = AutoModelForCausalLM.from_pretrained("{MODEL_DIR}")  # fetch {output_uri}/{MODEL_DIR}\n'
@@ -181,7 +175,7 @@ def model_card(job: SFTJob, progress: ProgressFile, output_uri: str, adapter: bo
               "dequantised for training; an adapter applies to the base loaded with "
               f'`AutoModelForCausalLM.from_pretrained(<dir>, gguf_file="{gguf.file}")`.\n\n') if gguf else ""
     return (
-        f"---\nbase_model: {spec.model.source}\nlibrary_name: {'peft' if adapter else 'transformers'}\n"
+        f"---\nbase_model: {spec.model.source}\nlibrary_name: {'peft' if artifacts.adapter else 'transformers'}\n"
         f"tags: [sftjob, sft, {spec.method.type}]\n---\n\n"
         f"# {job.name}\n\nSupervised fine-tuning of `{spec.model.source}`"
         f"{f' (revision {spec.model.revision})' if spec.model.revision else ''} with **{spec.method.type}**, "
@@ -249,7 +243,3 @@ def manifest(job: SFTJob, progress: ProgressFile, files: dict[str, dict[str, Any
     }
     return json.dumps(body, indent=2).encode()
 
-
-def write_manifest(output_uri: str, data: bytes) -> None:
-    """Write manifest.json (call last: readers trust the output only once it exists)."""
-    storage.write_bytes(storage.join(output_uri, MANIFEST_FILE), data)

@@ -29,10 +29,11 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import BenchmarkResult, BenchmarkTask
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.data.templates import end_of_turn_markers, resolve_template
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 # Where custom task configs and their data go inside the work directory, and HF datasets' cache of them.
 TASKS_DIR = "lm-eval-tasks"
@@ -88,14 +89,16 @@ def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[BenchmarkTask], batch_
     seen: set[str] = set()
     for index, task in enumerate(tasks):
         if task.name in seen:
-            raise TrainerError("InvalidSpec", f"evaluation.tasks[{index}]: task {task.name} is listed twice: give "
+            raise TrainerError(ErrorCode.INVALID_SPEC,
+                               f"evaluation.tasks[{index}]: task {task.name} is listed twice: give "
                                "each task its own name", _field(index, "name"))
         seen.add(task.name)
         if task.uri is not None:
             _write_custom_task(index, task, until, max_new_tokens, workdir)
         elif task.name not in _built_in_tasks().all_subtasks + _built_in_tasks().all_groups:
             raise TrainerError(
-                "InvalidSpec", f"evaluation.tasks[{index}]: lm-eval {_lm_eval_version()} has no task or group named "
+                ErrorCode.INVALID_SPEC,
+                f"evaluation.tasks[{index}]: lm-eval {_lm_eval_version()} has no task or group named "
                 f"{task.name} (a tag names several tasks: list them one by one); for a task of your own set uri and "
                 "type", _field(index, "name"))
     # A manager of the custom tasks alone: one named like a built-in task is not shadowed by it, and building it
@@ -150,14 +153,14 @@ def _read_rows(index: int, task: BenchmarkTask) -> list[dict[str, Any]]:
     uri = str(task.uri)
     field = _field(index, "uri")
     try:
-        data = storage.read_bytes(uri)
+        data = object_store.read_bytes(uri)
     except TrainerError as err:
-        code = "DatasetUnreadable" if err.code == "NotFound" else err.code
+        code = ErrorCode.DATASET_UNREADABLE if err.code == object_store.NOT_FOUND else err.code
         raise TrainerError(code, f"evaluation.tasks[{index}] ({task.name}): {err.message}", field) from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as err:
-        raise TrainerError("InvalidDataset", f"{uri}: not UTF-8 text ({err.reason} at byte {err.start}): save "
+        raise TrainerError(ErrorCode.INVALID_DATASET, f"{uri}: not UTF-8 text ({err.reason} at byte {err.start}): save "
                            "the task as UTF-8 JSONL", field) from None
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
@@ -166,15 +169,16 @@ def _read_rows(index: int, task: BenchmarkTask) -> list[dict[str, Any]]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise TrainerError("InvalidDataset", f"{uri}:{number}: not valid JSON ({err.msg}, column {err.colno}): "
+            raise TrainerError(ErrorCode.INVALID_DATASET,
+                               f"{uri}:{number}: not valid JSON ({err.msg}, column {err.colno}): "
                                "write one JSON object per line", field) from None
         problem = _row_problem(row, task.type)
         if problem:
-            raise TrainerError("InvalidDataset", f"{uri}:{number}: {problem}", field)
+            raise TrainerError(ErrorCode.INVALID_DATASET, f"{uri}:{number}: {problem}", field)
         keys = ("input", "choices", "label") if task.type == "multiple_choice" else ("input", "target")
         rows.append({key: row[key] for key in keys})
     if not rows:
-        raise TrainerError("InvalidDataset", f"{uri}: no rows: write one JSON object per line", field)
+        raise TrainerError(ErrorCode.INVALID_DATASET, f"{uri}: no rows: write one JSON object per line", field)
     return rows
 
 
@@ -304,7 +308,7 @@ def _unreachable_data(index: int, task: BenchmarkTask) -> Iterator[None]:
     # included), DatasetNotFoundError for a dataset the Hub does not have or gates.
     except (ConnectionError, DatasetNotFoundError) as err:
         raise TrainerError(
-            "DatasetUnreadable",
+            ErrorCode.DATASET_UNREADABLE,
             f"evaluation.tasks[{index}]: the data of lm-eval task {task.name} cannot be reached ({err}): let the "
             "trainer reach the Hugging Face Hub, or put the dataset into the Hugging Face cache it reads "
             "(HF_HOME or HF_DATASETS_CACHE)",
@@ -316,7 +320,8 @@ def _score(results: dict[str, Any], index: int, name: str) -> TaskScore:
     values = results["results"].get(name, {})
     key = next((key for key in values if "," in key and "_stderr," not in key), None)
     if key is None:
-        raise TrainerError("InvalidSpec", f"evaluation.tasks[{index}]: lm-eval reports no overall score for group "
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           f"evaluation.tasks[{index}]: lm-eval reports no overall score for group "
                            f"{name}: list its tasks one by one", _field(index, "name"))
     metric, _, filter_name = key.partition(",")
     stderr = values.get(f"{metric}_stderr,{filter_name}")

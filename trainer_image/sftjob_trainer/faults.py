@@ -1,13 +1,13 @@
 """Test-only fault injection: environment hooks the reliability tests set on the driver. Never set in production.
 
-Every hook is inert unless its variable is set. The driver reads the variables (`kill_driver_hook`,
-`oom_at_step`, `kill_worker_hook`) and passes what it found to the Ray Train workers in their config, because
-the workers do not see the driver's environment (only the Ray job's runtime environment).
+Every hook is inert unless its variable is set. The driver reads the variables (`fault_plan`) and hands what it
+found to the Ray Train workers as `WorkerConfig.faults`, because the workers do not see the driver's environment
+(only the Ray job's runtime environment). Without any of them the plan is None and no fault callback exists.
 
 - `SFTJOB_FAULT_KILL_DRIVER_AT_STEP=N`: rank 0 SIGKILLs the driver process after optimizer step N, as a lost
-  head node would (acted on in `sftjob_trainer.worker`'s progress callback).
+  head node would.
 - `SFTJOB_FAULT_OOM_AT_STEP=N`: rank 0's allocator "fails" at the start of optimizer step N with the error torch
-  raises when memory runs out (acted on in the progress callback).
+  raises when memory runs out.
 - `SFTJOB_FAULT_KILL_WORKER_AT_STEP=N`: rank 1 SIGKILLs its own process in the middle of optimizer step N,
   after the forward and backward passes (gradients already all-reduced) and before the optimizer step, as a
   lost worker node would. It fires once per driver: the worker Ray restarts in its place finds the marker file
@@ -21,6 +21,7 @@ import os
 import signal
 import tempfile
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 KILL_DRIVER_AT_STEP_ENV = "SFTJOB_FAULT_KILL_DRIVER_AT_STEP"
@@ -31,33 +32,59 @@ KILL_WORKER_AT_STEP_ENV = "SFTJOB_FAULT_KILL_WORKER_AT_STEP"
 KILLED_RANK = 1
 
 
+@dataclass(frozen=True)
+class KillDriver:
+    """Rank 0 SIGKILLs the driver once optimizer step `step` is done (progress.json written first)."""
+
+    step: int
+    """The optimizer step after which the driver dies."""
+    pid: int
+    """The driver's process id."""
+
+
+@dataclass(frozen=True)
+class KillWorker:
+    """One worker SIGKILLs itself in the middle of an optimizer step, once per driver."""
+
+    step: int
+    """The optimizer step during which it dies."""
+    rank: int
+    """The world rank that dies."""
+    marker: str
+    """A path unique to the driver that does not exist yet: the first worker to create it dies, every later one
+    (the restarted worker group) sees it and trains on."""
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    """The faults the reliability tests asked for (`fault_plan`); every field None is no fault of that kind."""
+
+    kill_driver: KillDriver | None = None
+    """`SFTJOB_FAULT_KILL_DRIVER_AT_STEP`."""
+    oom_at_step: int | None = None
+    """`SFTJOB_FAULT_OOM_AT_STEP`: the step at which rank 0 fails with out-of-memory."""
+    kill_worker: KillWorker | None = None
+    """`SFTJOB_FAULT_KILL_WORKER_AT_STEP`."""
+
+
 def _step(env: str) -> int | None:
     value = os.environ.get(env, "")
     return int(value) if value.isdigit() else None
 
 
-def kill_driver_hook() -> tuple[int, int] | None:
-    """(step, this process id) when the tests ask rank 0 to SIGKILL the driver after that step, else None."""
-    step = _step(KILL_DRIVER_AT_STEP_ENV)
-    return (step, os.getpid()) if step is not None else None
-
-
-def oom_at_step() -> int | None:
-    """The step at which the tests ask rank 0 to fail with out-of-memory, else None."""
-    return _step(OOM_AT_STEP_ENV)
-
-
-def kill_worker_hook() -> dict[str, Any] | None:
-    """`{step, rank, marker}` when the tests ask rank 1 to SIGKILL itself mid-step, else None.
-
-    The marker is a path that does not exist yet, unique to this driver: the first worker to create it kills
-    itself, every later one (the restarted worker group) sees it and does not.
-    """
-    step = _step(KILL_WORKER_AT_STEP_ENV)
-    if step is None:
+def fault_plan() -> FaultPlan | None:
+    """The faults this process's environment asks for, or None when it asks for none (production)."""
+    kill_driver, oom, kill_worker = (_step(env) for env in (KILL_DRIVER_AT_STEP_ENV, OOM_AT_STEP_ENV,
+                                                             KILL_WORKER_AT_STEP_ENV))
+    if kill_driver is None and oom is None and kill_worker is None:
         return None
-    marker = os.path.join(tempfile.gettempdir(), f"sftjob-fault-kill-worker-{os.getpid()}-{uuid.uuid4().hex}")
-    return {"step": step, "rank": KILLED_RANK, "marker": marker}
+    return FaultPlan(
+        kill_driver=KillDriver(kill_driver, os.getpid()) if kill_driver is not None else None,
+        oom_at_step=oom,
+        kill_worker=KillWorker(kill_worker, KILLED_RANK, os.path.join(
+            tempfile.gettempdir(), f"sftjob-fault-kill-worker-{os.getpid()}-{uuid.uuid4().hex}"))
+        if kill_worker is not None else None,
+    )
 
 
 def claim_once(marker: str) -> bool:
@@ -70,26 +97,48 @@ def claim_once(marker: str) -> bool:
     return True
 
 
-def fault_callbacks(kill_worker: dict[str, Any] | None, rank: int) -> list[Any]:
-    """The Trainer callbacks of the worker-side hooks for this rank (empty unless a hook is set).
+def fault_callbacks(plan: FaultPlan | None, rank: int, writer: Any) -> list[Any]:
+    """The Trainer callbacks of the hooks for this rank (empty unless a hook is set).
+
+    Add them after the progress callback: the driver dies only once progress.json holds the step.
 
     Args:
-        kill_worker: What `kill_worker_hook` returned on the driver.
+        plan: `WorkerConfig.faults`.
         rank: This worker's world rank.
+        writer: Rank 0's `ProgressWriter` (None on other ranks).
 
     Returns:
         `transformers.TrainerCallback` instances to add to the Trainer.
     """
-    if kill_worker is None or rank != kill_worker["rank"]:
+    if plan is None:
         return []
     from transformers import TrainerCallback
 
-    step, marker = int(kill_worker["step"]), str(kill_worker["marker"])
+    callbacks: list[Any] = []
+    kill_driver, oom_at_step, kill_worker = plan.kill_driver, plan.oom_at_step, plan.kill_worker
+    if rank == 0 and (kill_driver is not None or oom_at_step is not None):
 
-    class KillWorkerMidStep(TrainerCallback):
-        def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            # global_step counts finished steps: step N is running while it is N - 1.
-            if state.global_step + 1 == step and claim_once(marker):
-                os.kill(os.getpid(), signal.SIGKILL)
+        class Rank0Faults(TrainerCallback):
+            def on_step_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if oom_at_step is not None and state.global_step + 1 == oom_at_step:
+                    import torch
 
-    return [KillWorkerMidStep()]
+                    raise torch.OutOfMemoryError(f"injected by {OOM_AT_STEP_ENV}: tried to allocate 64.00 GiB")
+
+            def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                if kill_driver is not None and state.global_step == kill_driver.step:
+                    writer.flush()
+                    os.kill(kill_driver.pid, signal.SIGKILL)
+
+        callbacks.append(Rank0Faults())
+    if kill_worker is not None and rank == kill_worker.rank:
+        step, marker = kill_worker.step, kill_worker.marker
+
+        class KillWorkerMidStep(TrainerCallback):
+            def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+                # global_step counts finished steps: step N is running while it is N - 1.
+                if state.global_step + 1 == step and claim_once(marker):
+                    os.kill(os.getpid(), signal.SIGKILL)
+
+        callbacks.append(KillWorkerMidStep())
+    return callbacks

@@ -21,7 +21,8 @@ from sftjob_api.codes import ErrorCode
 from sftjob_api.types import EvaluationSpec, ForgettingResult, SFTJobSpec
 from sftjob_trainer.data import IGNORE_INDEX, DataError, PaddedCollator, encode_conversations, read_dataset
 from sftjob_trainer.data.formats import convert_rows
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.object_store import NOT_FOUND
+from sftjob_trainer.trainer_error import TrainerError
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,11 @@ def reference_rows(spec: SFTJobSpec, tokenizer: Any, max_seq_length: int) -> lis
         raw = read_dataset(reference.uri, reference.format)
         _, conversations, problems = convert_rows(raw.rows[: reference.max_rows], "auto", {}, raw.uri)
         if problems:
-            raise DataError.from_problems("InvalidDataset", problems)
+            raise DataError.from_problems(ErrorCode.INVALID_DATASET, problems)
         examples = encode_conversations(conversations, tokenizer, chat_template=spec.dataset.chat_template,
                                         train_on=REFERENCE_TRAIN_ON)
     except DataError as err:
-        code = "DatasetUnreadable" if err.code == "NotFound" else err.code
+        code = ErrorCode.DATASET_UNREADABLE if err.code == NOT_FOUND else err.code
         raise TrainerError(code, f"evaluation.reference: {err}", REFERENCE_FIELD) from None
     rows: list[dict[str, list[int]]] = []
     budget = reference.max_tokens
@@ -77,7 +78,7 @@ def reference_rows(spec: SFTJobSpec, tokenizer: Any, max_seq_length: int) -> lis
             break
     if not rows:
         raise TrainerError(
-            "InvalidDataset",
+            ErrorCode.INVALID_DATASET,
             f"evaluation.reference: {reference.uri}: no row has a token to score within maxSeqLength "
             f"{max_seq_length} and maxTokens {reference.max_tokens}; give it `text` rows, or chat rows with "
             "assistant turns",

@@ -19,9 +19,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import ModelSpec
-from sftjob_trainer import storage
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer import object_store
+from sftjob_trainer.trainer_error import TrainerError
 
 # Written into a converted directory: the GGUF file it was made from (see GgufOrigin).
 ORIGIN_FILE = "sftjob-gguf.json"
@@ -69,7 +70,7 @@ def supported_tensor_types() -> set[str]:
 
 
 def _unreadable(source: str, what: str) -> TrainerError:
-    return TrainerError("ModelUnreadable", f"base model {source}: {what}", SOURCE_FIELD)
+    return TrainerError(ErrorCode.MODEL_UNREADABLE, f"base model {source}: {what}", SOURCE_FIELD)
 
 
 def inspect(path: Path, source: str) -> GgufOrigin:
@@ -118,7 +119,7 @@ def inspect(path: Path, source: str) -> GgufOrigin:
         quantization = LlamaFileType(int(file_type)).name.removeprefix("MOSTLY_").removeprefix("ALL_")
     except (TypeError, ValueError):
         quantization = types.most_common(1)[0][0] if types else "unknown"
-    return GgufOrigin(file=path.name, sha256=storage.sha256_file(path), quantization=quantization,
+    return GgufOrigin(file=path.name, sha256=object_store.sha256_file(path), quantization=quantization,
                       architecture=architecture, tensor_types=dict(types.most_common()))
 
 
@@ -130,14 +131,14 @@ def fetch(spec: ModelSpec, cache: Path) -> Path:
     Raises:
         TrainerError: ModelUnreadable when the file is missing, or a storage error code.
     """
-    if storage.is_s3(spec.source):
+    if object_store.is_s3(spec.source):
         target = cache / "files" / hashlib.sha256(spec.source.encode()).hexdigest()[:16] / Path(spec.source).name
         if not target.is_file():
             partial = target.with_name(target.name + ".part")
             try:
-                storage.download_file(spec.source, partial)
-            except storage.StorageError as err:
-                code = "ModelUnreadable" if err.code == "NotFound" else err.code
+                object_store.download_file(spec.source, partial)
+            except object_store.StorageError as err:
+                code = ErrorCode.MODEL_UNREADABLE if err.code == object_store.NOT_FOUND else err.code
                 raise TrainerError(code, f"base model: {err}", SOURCE_FIELD) from None
             partial.replace(target)  # a download cut short never looks complete
         return target

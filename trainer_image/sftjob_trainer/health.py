@@ -39,7 +39,7 @@ from typing import Any
 from sftjob_api.codes import ErrorCode
 from sftjob_api.progress import MAX_SKIPPED_STEPS, ProgressFile
 from sftjob_api.types import LossSpikeSpec
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import ResolvedSettings, SFTJobSpec
 from sftjob_trainer.device_defaults import LIGER
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 # Peak learning rates by method when unset (SFT practice: adapters tolerate ~10x the full-FT rate;
 # prompt tuning updates only a few embeddings and needs a much larger one).
@@ -65,7 +66,7 @@ def batch_split(global_batch: int, num_workers: int, per_device: int | None) -> 
     if per_device is not None:
         if per_device > per_worker:
             raise TrainerError(
-                "InvalidSpec",
+                ErrorCode.INVALID_SPEC,
                 f"hyperparameters.perDeviceBatchSize {per_device} exceeds batchSize/numWorkers = {per_worker}",
                 "spec.hyperparameters.perDeviceBatchSize",
             )
@@ -84,11 +85,11 @@ def precision(spec: SFTJobSpec, device: Device) -> str:
     if wanted == "auto":
         return "bf16" if device.cuda and device.bf16 else "fp32"
     if wanted == "fp16" and not device.cuda:
-        raise TrainerError("UnsupportedDevice",
+        raise TrainerError(ErrorCode.UNSUPPORTED_DEVICE,
                            "hyperparameters.precision fp16 needs a CUDA GPU; use fp32 or bf16 on CPU",
                            "spec.hyperparameters.precision")
     if wanted == "bf16" and device.cuda and not device.bf16:
-        raise TrainerError("UnsupportedDevice", "this GPU has no bfloat16; use precision fp16 or fp32",
+        raise TrainerError(ErrorCode.UNSUPPORTED_DEVICE, "this GPU has no bfloat16; use precision fp16 or fp32",
                            "spec.hyperparameters.precision")
     return wanted
 

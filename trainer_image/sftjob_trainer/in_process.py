@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from sftjob_api.types import SFTJob
-from sftjob_trainer.config import JobContext
+from sftjob_trainer.job_context import JobContext
 from sftjob_trainer.reporting import ProgressWriter
 
 
@@ -29,11 +29,10 @@ def build_local_trainer(job: SFTJob, workdir: Path, threads: int | None = None) 
     import torch
     from transformers import set_seed
 
-    from sftjob_trainer.driver import _load_dtype, plan_job, prepare, sequences
-    from sftjob_trainer.hparams import training_arguments
     from sftjob_trainer.methods import apply_method, quantization_config
     from sftjob_trainer.model_loading import load_model, torch_dtype
-    from sftjob_trainer.worker import build_trainer
+    from sftjob_trainer.preparation import load_dtype, plan_job, prepare, sequences
+    from sftjob_trainer.worker import build_trainer, trainer_arguments
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -42,15 +41,12 @@ def build_local_trainer(job: SFTJob, workdir: Path, threads: int | None = None) 
     writer = ProgressWriter(context.output_uri, 1)
     prepared, tokenizer, model_dir = prepare(context, writer)
     plan, batching = plan_job(context, prepared, tokenizer, model_dir)
-    args = training_arguments(spec, plan, str(workdir / "hf"))
-    args["train_sampling_strategy"] = "group_by_length" if batching == "length_grouped" else "random"
-    args["save_strategy"] = "no"
+    args = {**trainer_arguments(spec, plan, batching, str(workdir / "hf")), "save_strategy": "no"}
     set_seed(spec.hyperparameters.seed)
-    dtype = _load_dtype(spec, plan)
+    dtype = load_dtype(spec, plan)
     model = load_model(model_dir, spec.model, tokenizer, dtype, quantization_config(spec.method, torch_dtype(dtype)),
                        plan.resolved.attention or "sdpa")
     model = apply_method(model, spec.method, str(model_dir), bool(plan.resolved.gradient_checkpointing))
     train_rows, validation_rows = sequences(prepared)
-    trainer = build_trainer(spec, model, tokenizer, args, str(workdir / "hf"), batching, train_rows, validation_rows,
-                            [])
+    trainer = build_trainer(spec, model, tokenizer, args, batching, train_rows, validation_rows, [])
     return trainer, tokenizer, plan.resolved.to_wire()

@@ -30,12 +30,13 @@ from typing import Final, Literal
 
 from openai import APIConnectionError, APIError, APIStatusError, OpenAI
 
+from sftjob_api.pod_env import JUDGE_KEY_ENV, OPENAI_API_KEY
 from sftjob_api.types import JudgeResult, JudgeSpec
 
 log = logging.getLogger(__name__)
 
 # Where the judge's key is read from: the operator's variable for `judge.secretRef`, else the usual one (local runs).
-API_KEY_ENVS: Final = ("SFTJOB_JUDGE_API_KEY", "OPENAI_API_KEY")
+API_KEY_ENVS: Final = (JUDGE_KEY_ENV, OPENAI_API_KEY)
 DEFAULT_RUBRIC: Final = "helpfulness, correctness and faithfulness to the reference answer"
 # Room for a judge that explains before its verdict line; a verdict alone takes a few tokens.
 DEFAULT_MAX_TOKENS: Final = 512

@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from types import TracebackType
 
 from sftjob_api.codes import ErrorCode
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 RAY_WORKER_NICENESS_ENV = "RAY_worker_niceness"
 # Ray's default worker niceness is 15, which would put the training workers below every other process.

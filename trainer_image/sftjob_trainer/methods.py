@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import MethodSpec
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
 
 def check_device(method: MethodSpec, cuda: bool) -> None:
@@ -20,7 +21,7 @@ def check_device(method: MethodSpec, cuda: bool) -> None:
     """
     if method.type == "qlora" and not cuda:
         raise TrainerError(
-            "UnsupportedDevice",
+            ErrorCode.UNSUPPORTED_DEVICE,
             "method.type qlora quantises the base to 4 bits with bitsandbytes, which needs a CUDA GPU; these workers "
             "have none. Set compute.gpusPerWorker >= 1 on a GPU node, or use method.type lora (same adapter, "
             "unquantised base)",
@@ -54,9 +55,8 @@ def transformer_blocks(model: Any) -> Any:
     for _, module in model.named_modules():
         if isinstance(module, torch.nn.ModuleList) and len(module) == count:
             return module
-    raise TrainerError(
-        "InvalidSpec", "method.type freeze: cannot find the transformer blocks of this architecture", "spec.method.type"
-    )
+    message = "method.type freeze: cannot find the transformer blocks of this architecture"
+    raise TrainerError(ErrorCode.INVALID_SPEC, message, "spec.method.type")
 
 
 def _freeze(model: Any, method: MethodSpec) -> Any:
@@ -64,7 +64,7 @@ def _freeze(model: Any, method: MethodSpec) -> Any:
     blocks = transformer_blocks(model)
     if method.freeze.trainable_layers > len(blocks):
         raise TrainerError(
-            "InvalidSpec",
+            ErrorCode.INVALID_SPEC,
             f"method.freeze.trainableLayers is {method.freeze.trainable_layers} but the model has {len(blocks)} blocks",
             "spec.method.freeze.trainableLayers",
         )
@@ -136,4 +136,4 @@ def apply_method(model: Any, method: MethodSpec, model_dir: str, gradient_checkp
         return get_peft_model(model, peft_config(method, model_dir))
     except ValueError as err:
         field = "spec.method.lora.targetModules"
-        raise TrainerError("InvalidSpec", f"method.lora.targetModules: {err}", field) from None
+        raise TrainerError(ErrorCode.INVALID_SPEC, f"method.lora.targetModules: {err}", field) from None

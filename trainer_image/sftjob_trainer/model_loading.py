@@ -16,9 +16,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.types import ModelSpec
-from sftjob_trainer import storage
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer import object_store
+from sftjob_trainer.trainer_error import TrainerError
 
 PAD_TOKEN = "<|pad|>"
 CACHE_ENV = "SFTJOB_CACHE_DIR"
@@ -54,7 +55,7 @@ def _fill_once(target: Path, fill: Callable[[Path], None]) -> Path:
 
 def _download_s3(uri: str) -> Path:
     def fill(path: Path) -> None:
-        storage.download_dir(uri, path)
+        object_store.download_dir(uri, path)
 
     return _fill_once(cache_root() / "models" / hashlib.sha256(uri.encode()).hexdigest()[:16], fill)
 
@@ -74,20 +75,23 @@ def _hub_errors(spec: ModelSpec) -> Iterator[None]:
         yield
     except GatedRepoError:
         raise TrainerError(
-            "AccessDenied", f"{spec.source} is gated: put an HF_TOKEN with access into the model.secretRef Secret",
+            ErrorCode.ACCESS_DENIED,
+            f"{spec.source} is gated: put an HF_TOKEN with access into the model.secretRef Secret",
             "spec.model.secretRef",
         ) from None
     except RepositoryNotFoundError:
         raise TrainerError(
-            "ModelUnreadable", f"{spec.source}: no such model repository (or it is private and HF_TOKEN is missing)",
+            ErrorCode.MODEL_UNREADABLE,
+            f"{spec.source}: no such model repository (or it is private and HF_TOKEN is missing)",
             "spec.model.source",
         ) from None
     except EntryNotFoundError:
-        raise TrainerError("ModelUnreadable", f"{spec.source} has no file {spec.gguf_file}", "spec.model.ggufFile") \
+        raise TrainerError(ErrorCode.MODEL_UNREADABLE,
+                           f"{spec.source} has no file {spec.gguf_file}", "spec.model.ggufFile") \
             from None
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError) as err:
         raise TrainerError(
-            "StorageUnavailable", f"{spec.source}: cannot download from the Hugging Face Hub: {err}",
+            ErrorCode.STORAGE_UNAVAILABLE, f"{spec.source}: cannot download from the Hugging Face Hub: {err}",
             "spec.model.source",
         ) from None
 
@@ -131,7 +135,7 @@ def _gguf_model_dir(spec: ModelSpec) -> Path:
         # Checked only before a conversion: reading the header costs seconds (a 49k-token vocabulary is parsed).
         gguf_model.convert(path, gguf_model.inspect(path, spec.source), directory)
 
-    return _fill_once(cache_root() / "gguf" / "models" / storage.sha256_file(path)[:32], fill)
+    return _fill_once(cache_root() / "gguf" / "models" / object_store.sha256_file(path)[:32], fill)
 
 
 def resolve_model_dir(spec: ModelSpec) -> Path:
@@ -151,16 +155,16 @@ def resolve_model_dir(spec: ModelSpec) -> Path:
         return _gguf_model_dir(spec)
     if spec.source.startswith("hf://"):
         return _download_hf(spec)
-    if storage.is_s3(spec.source):
+    if object_store.is_s3(spec.source):
         try:
             return _download_s3(spec.source)
-        except storage.StorageError as err:
-            code = "ModelUnreadable" if err.code == "NotFound" else err.code
+        except object_store.StorageError as err:
+            code = ErrorCode.MODEL_UNREADABLE if err.code == object_store.NOT_FOUND else err.code
             raise TrainerError(code, f"base model: {err}", "spec.model.source") from None
     path = Path(spec.source)
     if not (path / "config.json").is_file():
         what = "does not exist" if not path.exists() else "has no config.json (not a save_pretrained directory)"
-        raise TrainerError("ModelUnreadable", f"base model {spec.source} {what}", "spec.model.source")
+        raise TrainerError(ErrorCode.MODEL_UNREADABLE, f"base model {spec.source} {what}", "spec.model.source")
     return path
 
 
@@ -185,7 +189,8 @@ def load_tokenizer(model_dir: Path, spec: ModelSpec) -> Any:
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.trust_remote_code)
     except (OSError, ValueError) as err:
-        raise TrainerError("ModelUnreadable", f"tokenizer of {spec.source}: {err}", "spec.model.source") from None
+        raise TrainerError(ErrorCode.MODEL_UNREADABLE,
+                           f"tokenizer of {spec.source}: {err}", "spec.model.source") from None
     if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
         vocab = tokenizer.get_vocab()
         if PAD_TOKEN in vocab:
@@ -243,7 +248,8 @@ def load_model(model_dir: Path, spec: ModelSpec, tokenizer: Any, dtype: str, qua
         model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError, KeyError) as err:
         hint = "" if spec.allow_unsafe_weights else " (only safetensors load unless model.allowUnsafeWeights)"
-        raise TrainerError("ModelUnreadable", f"base model {spec.source}: {err}{hint}", "spec.model.source") from None
+        raise TrainerError(ErrorCode.MODEL_UNREADABLE,
+                           f"base model {spec.source}: {err}{hint}", "spec.model.source") from None
     embeddings: Any = model.get_input_embeddings()
     if len(tokenizer) > embeddings.num_embeddings:
         model.resize_token_embeddings(len(tokenizer))

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sftjob_api.codes import ErrorCode
 from sftjob_api.layout import ADAPTER_DIR, MANIFEST_FILE, MODEL_DIR
 from sftjob_api.types import EvaluationStatus, ForgettingResult, ModelSpec, SFTJobSpec
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 from sftjob_trainer.artifacts import EVAL_REPORT_FILE, EVAL_SAMPLES_FILE, LOSS_PLOT_FILE, generate_answers
-from sftjob_trainer.errors import TrainerError
 from sftjob_trainer.evaluation import Answers, Sample, evaluate, read_samples
+from sftjob_trainer.trainer_error import TrainerError
 
 
 @dataclass(frozen=True)
@@ -47,12 +48,14 @@ def fetch(output: str, workdir: Path) -> TrainedOutput:
         TrainerError: `InvalidSpec` naming the missing file when `output` is not a finished sftjob output.
     """
     try:
-        manifest = json.loads(storage.read_bytes(storage.join(output, MANIFEST_FILE)))
-    except (storage.StorageError, FileNotFoundError, ValueError) as err:
-        raise TrainerError("InvalidSpec", f"{storage.join(output, MANIFEST_FILE)}: not a finished sftjob output "
+        manifest = json.loads(object_store.read_bytes(object_store.join(output, MANIFEST_FILE)))
+    except (object_store.StorageError, FileNotFoundError, ValueError) as err:
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           f"{object_store.join(output, MANIFEST_FILE)}: not a finished sftjob output "
                            f"({err}); point at the job's output directory (where manifest.json is)", "OUTPUT") from None
     if "spec" not in manifest:
-        raise TrainerError("InvalidSpec", f"{storage.join(output, MANIFEST_FILE)}: written by an older sftjob without "
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           f"{object_store.join(output, MANIFEST_FILE)}: written by an older sftjob without "
                            "the job's spec; run the job again to re-evaluate it", "OUTPUT")
     spec = SFTJobSpec.model_validate(manifest["spec"])
     files = set(manifest.get("files", {}))
@@ -60,10 +63,10 @@ def fetch(output: str, workdir: Path) -> TrainedOutput:
     full = any(name.startswith(f"{MODEL_DIR}/") for name in files)
     # A merged or full model serves on its own; an adapter needs the base, which re-evaluation loads anyway.
     use = MODEL_DIR if full else ADAPTER_DIR
-    weights = storage.download_dir(storage.join(output, use), workdir / use)
+    weights = object_store.download_dir(object_store.join(output, use), workdir / use)
     samples_text = ""
     if EVAL_SAMPLES_FILE in files:
-        samples_text = storage.read_bytes(storage.join(output, EVAL_SAMPLES_FILE)).decode()
+        samples_text = object_store.read_bytes(object_store.join(output, EVAL_SAMPLES_FILE)).decode()
     samples, _ = read_samples(samples_text)
     forgetting = (manifest.get("evaluation") or {}).get("forgetting")
     return TrainedOutput(manifest["job"]["name"], spec, samples, weights, adapter and not full,
@@ -119,7 +122,8 @@ def reevaluate(output: str, against: str | None = None, report: Path | None = No
         trained = fetch(output, Path(tmp))
         evaluation = trained.spec.evaluation
         if not trained.samples:
-            raise TrainerError("InvalidSpec", f"{storage.join(output, EVAL_SAMPLES_FILE)} holds no held-out prompts "
+            raise TrainerError(ErrorCode.INVALID_SPEC,
+                               f"{object_store.join(output, EVAL_SAMPLES_FILE)} holds no held-out prompts "
                                "(the job ran without validation data or with evaluation.numSamples: 0)", "OUTPUT")
         started = time.monotonic()
         tuned_model, tokenizer = load_tuned(trained)
@@ -138,10 +142,10 @@ def reevaluate(output: str, against: str | None = None, report: Path | None = No
         status = evaluate(evaluation, trained.samples, Answers(base, tuned),
                           compare(evaluation.tasks, base_scores, tuned_scores),
                           trained.forgetting if against is None else None, time.monotonic() - started)
-        target = str(report) if report is not None else storage.join(output, EVAL_REPORT_FILE)
+        target = str(report) if report is not None else object_store.join(output, EVAL_REPORT_FILE)
         text = render(trained.name, evaluation, status, trained.samples, Answers(base, tuned),
                       LOSS_PLOT_FILE if report is None else None, None)
-        storage.write_bytes(target, text.encode())
+        object_store.write_bytes(target, text.encode())
     return status, target
 
 

@@ -16,8 +16,9 @@ from typing import Any
 
 from sftjob_api.layout import METRICS_FILE, PROGRESS_FILE
 from sftjob_api.progress import ProgressFile, TrainerPhase, format_duration
+from sftjob_api.timestamps import epoch_rfc3339, parse_rfc3339
 from sftjob_api.types import CheckpointRef, DatasetStats, ErrorStatus, Metrics, ResolvedSettings
-from sftjob_trainer import storage
+from sftjob_trainer import object_store
 
 # Seconds between two progress.json writes during training: often enough for a live bar and the
 # operator's throttled reads, rare enough that object storage sees a handful of PUTs per minute.
@@ -26,9 +27,8 @@ INTERVAL_ENV = "SFTJOB_PROGRESS_INTERVAL"
 
 
 def now_rfc3339(at: float | None = None) -> str:
-    """UTC time as RFC 3339 with a `Z` suffix."""
-    moment = datetime.fromtimestamp(time.time() if at is None else at, tz=UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
+    """UTC time as RFC 3339 with a `Z` suffix (now, or the Unix time `at`)."""
+    return epoch_rfc3339(time.time() if at is None else at)
 
 
 def metrics_from_log(record: dict[str, Any]) -> Metrics:
@@ -66,11 +66,11 @@ class ProgressWriter:
 
     def load_existing(self) -> ProgressFile | None:
         """The progress.json an earlier attempt left, if any (used to carry checkpoints over on resume)."""
-        uri = storage.join(self.output_uri, PROGRESS_FILE)
+        uri = object_store.join(self.output_uri, PROGRESS_FILE)
         try:
-            return ProgressFile.model_validate_json(storage.read_bytes(uri))
-        except storage.StorageError as err:
-            if err.code != "NotFound":
+            return ProgressFile.model_validate_json(object_store.read_bytes(uri))
+        except object_store.StorageError as err:
+            if err.code != object_store.NOT_FOUND:
                 raise  # an outage must not pass for a first run: that would drop the checkpoints listed there
             return None
         except ValueError:
@@ -100,7 +100,8 @@ class ProgressWriter:
         self.state = self.state.model_copy(update={"updated_at": now_rfc3339()})
         # Re-validate: a field set through update() must still satisfy the contract the operator reads.
         checked = ProgressFile.model_validate(self.state.model_dump())
-        storage.write_bytes(storage.join(self.output_uri, PROGRESS_FILE), json.dumps(checked.to_wire()).encode())
+        object_store.write_bytes(object_store.join(self.output_uri, PROGRESS_FILE),
+                                 json.dumps(checked.to_wire()).encode())
         self._last_write = time.monotonic()
 
     def progress_fields(self, step: int, total_steps: int, epoch: float, elapsed_s: float, steps_done: int,
@@ -137,11 +138,11 @@ class ProgressWriter:
 
     def _lines(self) -> list[str]:
         if self._metric_lines is None:
-            uri = storage.join(self.output_uri, METRICS_FILE)
+            uri = object_store.join(self.output_uri, METRICS_FILE)
             try:
-                self._metric_lines = storage.read_bytes(uri).decode().splitlines()
-            except storage.StorageError as err:
-                if err.code != "NotFound":
+                self._metric_lines = object_store.read_bytes(uri).decode().splitlines()
+            except object_store.StorageError as err:
+                if err.code != object_store.NOT_FOUND:
                     raise  # an unreadable history must not be overwritten as if there were none
                 self._metric_lines = []
         return self._metric_lines
@@ -158,27 +159,36 @@ class ProgressWriter:
         self._lines().append(json.dumps(clean, sort_keys=True))
         self._write_metrics()
 
+    def metrics_file(self) -> bytes:
+        """metrics.jsonl as this writer keeps it: what it last wrote, else what the output holds."""
+        lines = self._lines()
+        return ("\n".join(lines) + ("\n" if lines else "")).encode()
+
     def _write_metrics(self) -> None:
-        body = "\n".join(self._lines()) + ("\n" if self._lines() else "")
-        storage.write_bytes(storage.join(self.output_uri, METRICS_FILE), body.encode())
+        object_store.write_bytes(object_store.join(self.output_uri, METRICS_FILE), self.metrics_file())
+
+
+def metrics_records(body: bytes) -> list[dict[str, Any]]:
+    """The records of a metrics.jsonl file's content."""
+    return [json.loads(line) for line in body.decode().splitlines() if line.strip()]
 
 
 def read_metrics(output_uri: str) -> list[dict[str, Any]]:
     """The records of `<output>/metrics.jsonl` (empty when there is none)."""
     try:
-        text = storage.read_bytes(storage.join(output_uri, METRICS_FILE)).decode()
-    except storage.StorageError as err:
-        if err.code != "NotFound":
+        body = object_store.read_bytes(object_store.join(output_uri, METRICS_FILE))
+    except object_store.StorageError as err:
+        if err.code != object_store.NOT_FOUND:
             raise
         return []
-    return [json.loads(line) for line in text.splitlines() if line.strip()]
+    return metrics_records(body)
 
 
 def eta_seconds(progress: ProgressFile) -> float | None:
     """Seconds until `estimated_finish_time`, if set."""
-    if not progress.estimated_finish_time:
+    finish = parse_rfc3339(progress.estimated_finish_time)
+    if finish is None:
         return None
-    finish = datetime.fromisoformat(progress.estimated_finish_time.replace("Z", "+00:00"))
     return max(0.0, (finish - datetime.now(tz=UTC)) / timedelta(seconds=1))
 
 
@@ -190,5 +200,6 @@ __all__ = [
     "eta_seconds",
     "format_duration",
     "metrics_from_log",
+    "metrics_records",
     "read_metrics",
 ]

@@ -25,14 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sftjob_trainer.data.formats import Conversation
-from sftjob_trainer.data.templates import (
-    PLAIN_JINJA,
-    JinjaTemplate,
-    NamedTemplate,
-    named_template_jinja,
-    resolve_template,
-)
+from sftjob_trainer.data.conversation import Conversation
+from sftjob_trainer.data.jinja_template import JinjaTemplate
+from sftjob_trainer.data.named_templates import PLAIN_JINJA, NamedTemplate, named_template_jinja
+from sftjob_trainer.data.templates import resolve_template
 
 # The check generates for at most this many held-out prompts: it proves the export, not the model's quality.
 MAX_PROMPTS = 8

@@ -100,14 +100,14 @@ def test_a_run_into_a_finished_output_removes_its_manifest_first(tiny_model_dir:
 
 
 def test_delete_file_local_and_s3(tmp_path: Path, s3_server: Any, monkeypatch: Any) -> None:
-    from sftjob_trainer import storage
+    from sftjob_trainer import object_store
 
     for key, value in s3_server.env.items():
         monkeypatch.setenv(key, value)
     bucket = s3_server.create_bucket("sft-delete")
     for uri in (str(tmp_path / "a" / "manifest.json"), f"{bucket}/a/manifest.json"):
-        storage.write_bytes(uri, b"{}")
-        assert storage.exists(uri)
-        assert storage.delete_file(uri) is True
-        assert not storage.exists(uri)
-        assert storage.delete_file(uri) is False
+        object_store.write_bytes(uri, b"{}")
+        assert object_store.exists(uri)
+        assert object_store.delete_file(uri) is True
+        assert not object_store.exists(uri)
+        assert object_store.delete_file(uri) is False

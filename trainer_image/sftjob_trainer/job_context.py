@@ -10,14 +10,15 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from sftjob_api.errors import describe_validation_error
+from sftjob_api.codes import ErrorCode
+from sftjob_api.field_problems import describe_validation_error
 from sftjob_api.layout import job_output_uri
+from sftjob_api.pod_env import ATTEMPT_ENV, CONFIG_ENV
 from sftjob_api.types import DISTILLED_TRAIN_URI, SFTJob, parse_sftjob
-from sftjob_trainer.errors import TrainerError
+from sftjob_trainer.trainer_error import TrainerError
 
-CONFIG_ENV = "SFTJOB_CONFIG"
+# Local runs only (the operator sets CONFIG_ENV): a file holding the SFTJob JSON.
 CONFIG_FILE_ENV = "SFTJOB_CONFIG_FILE"
-ATTEMPT_ENV = "SFTJOB_ATTEMPT"
 
 
 @dataclass(frozen=True)
@@ -52,7 +53,8 @@ def context_for(job: SFTJob, attempt: int = 1, output_uri: str | None = None) ->
         TrainerError: InvalidSpec when the job has no name.
     """
     if not job.name:
-        raise TrainerError("InvalidSpec", "metadata.name is required: it names the output directory", "metadata.name")
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           "metadata.name is required: it names the output directory", "metadata.name")
     job = absolute_paths(job)
     base = _absolute(output_uri) if output_uri else job.spec.output.uri
     return JobContext(job, attempt, job_output_uri(base, job.name, job.metadata.namespace))
@@ -113,21 +115,23 @@ def load_context(environ: dict[str, str] | None = None) -> JobContext:
             text = Path(where).read_text(encoding="utf-8")
         except OSError as err:
             message = f"{where}: cannot read the job config: {err.strerror}"
-            raise TrainerError("InvalidSpec", message, CONFIG_FILE_ENV) from None
+            raise TrainerError(ErrorCode.INVALID_SPEC, message, CONFIG_FILE_ENV) from None
     else:
-        raise TrainerError("InvalidSpec", f"set {CONFIG_ENV} (SFTJob JSON) or {CONFIG_FILE_ENV} (a file holding it)")
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           f"set {CONFIG_ENV} (SFTJob JSON) or {CONFIG_FILE_ENV} (a file holding it)")
     try:
         document = json.loads(text)
     except json.JSONDecodeError as err:
-        raise TrainerError("InvalidSpec", f"{where}: not JSON: {err.msg} at line {err.lineno}") from None
+        raise TrainerError(ErrorCode.INVALID_SPEC, f"{where}: not JSON: {err.msg} at line {err.lineno}") from None
     try:
         job = parse_sftjob(document)
     except ValidationError as err:
         problems = describe_validation_error(err)
         first = problems[0]
         text = "; ".join(f"{p.field}: {p.message}" for p in problems)
-        raise TrainerError("InvalidSpec", f"invalid SFTJob: {text}", first.field) from None
+        raise TrainerError(ErrorCode.INVALID_SPEC, f"invalid SFTJob: {text}", first.field) from None
     raw_attempt = env.get(ATTEMPT_ENV, "1")
     if not raw_attempt.isdigit() or int(raw_attempt) < 1:
-        raise TrainerError("InvalidSpec", f"{ATTEMPT_ENV} must be a positive integer, got {raw_attempt!r}", ATTEMPT_ENV)
+        raise TrainerError(ErrorCode.INVALID_SPEC,
+                           f"{ATTEMPT_ENV} must be a positive integer, got {raw_attempt!r}", ATTEMPT_ENV)
     return context_for(job, int(raw_attempt))

@@ -23,7 +23,8 @@ from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
 
-from sftjob_trainer.errors import TrainerError
+from sftjob_api.codes import ErrorCode
+from sftjob_trainer.trainer_error import TrainerError
 
 T = TypeVar("T")
 
@@ -35,6 +36,9 @@ REQUEST_ATTEMPTS = 2
 # workers do not retry in step), so an outage shorter than 15.5 s is always ridden out (an object store pod
 # restarting, a load balancer failing over), and at most 31 s are spent sleeping before the job fails.
 RETRY_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0)
+NOT_FOUND = "NotFound"
+"""`StorageError.code` of a missing file, object or prefix: the storage layer's own code, never a job's error
+code, so every caller says what is missing (e.g. `DatasetUnreadable`, `ModelUnreadable`) or treats it as absent."""
 # Scales RETRY_DELAYS_S; the reliability tests shrink the sleeps with it (the counts stay the same).
 BACKOFF_SCALE_ENV = "SFTJOB_STORAGE_BACKOFF_SCALE"
 # Seconds to open a TCP connection: object stores accept in milliseconds, even across a region; 5 s of silence
@@ -161,19 +165,19 @@ def _translate(err: Exception, uri: str, tries: int = 1) -> StorageError:
 
     if isinstance(err, NoCredentialsError):
         return StorageError(
-            "MissingCredentials",
+            ErrorCode.MISSING_CREDENTIALS,
             f"{uri}: no AWS credentials; reference a Secret with AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY",
         )
     if isinstance(err, ClientError):
         code = err.response.get("Error", {}).get("Code", "")
         if code in ("NoSuchKey", "404", "NoSuchBucket", "NotFound"):
-            return StorageError("NotFound", f"{uri}: not found")
+            return StorageError(NOT_FOUND, f"{uri}: not found")
         if code in ("AccessDenied", "403", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-            return StorageError("AccessDenied", f"{uri}: access denied ({code}); check the referenced Secret")
+            return StorageError(ErrorCode.ACCESS_DENIED, f"{uri}: access denied ({code}); check the referenced Secret")
     if is_transient(err):
-        return StorageError("StorageUnavailable", f"{uri}: object storage not answering after {tries} tries "
+        return StorageError(ErrorCode.STORAGE_UNAVAILABLE, f"{uri}: object storage not answering after {tries} tries "
                                                   f"({type(err).__name__}: {err})"[:1000])
-    return StorageError("StorageUnavailable", f"{uri}: {err}"[:1000])
+    return StorageError(ErrorCode.STORAGE_UNAVAILABLE, f"{uri}: {err}"[:1000])
 
 
 def with_retries(operation: Callable[[], T], uri: str) -> T:
@@ -211,11 +215,11 @@ def read_bytes(uri: str) -> bytes:
         try:
             return Path(uri).read_bytes()
         except FileNotFoundError:
-            raise StorageError("NotFound", f"{uri}: no such file") from None
+            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
         except IsADirectoryError:
-            raise StorageError("NotFound", f"{uri}: is a directory, expected a file") from None
+            raise StorageError(NOT_FOUND, f"{uri}: is a directory, expected a file") from None
         except PermissionError:
-            raise StorageError("AccessDenied", f"{uri}: permission denied") from None
+            raise StorageError(ErrorCode.ACCESS_DENIED, f"{uri}: permission denied") from None
     loc = parse_s3(uri)
 
     def get() -> bytes:
@@ -247,7 +251,7 @@ def exists(uri: str) -> bool:
     try:
         with_retries(lambda: s3_client().head_object(Bucket=loc.bucket, Key=loc.key), uri)
     except StorageError as err:
-        if err.code == "NotFound":
+        if err.code == NOT_FOUND:
             return False
         raise
     return True
@@ -261,7 +265,7 @@ def delete_file(uri: str) -> bool:
         except FileNotFoundError:
             return False
         except PermissionError:
-            raise StorageError("AccessDenied", f"{uri}: permission denied") from None
+            raise StorageError(ErrorCode.ACCESS_DENIED, f"{uri}: permission denied") from None
         return True
     if not exists(uri):
         return False
@@ -300,7 +304,7 @@ def download_dir(uri: str, destination: Path) -> Path:
     client = s3_client()
     files = list_files(uri)
     if not files:
-        raise StorageError("NotFound", f"{uri}: no files under this prefix")
+        raise StorageError(NOT_FOUND, f"{uri}: no files under this prefix")
     for name in files:
         target = destination / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +328,7 @@ def download_file(uri: str, destination: Path) -> Path:
         try:
             shutil.copyfile(uri, destination)
         except (FileNotFoundError, IsADirectoryError):
-            raise StorageError("NotFound", f"{uri}: no such file") from None
+            raise StorageError(NOT_FOUND, f"{uri}: no such file") from None
         return destination
     loc = parse_s3(uri)
     with_retries(partial(s3_client().download_file, loc.bucket, loc.key, str(destination)), uri)
