@@ -375,6 +375,9 @@ def test_worker_killed_mid_step_resumes_from_last_checkpoint(killed_worker_run: 
                                                              figures: dict[str, str]) -> None:
     proc, out, progress = killed_worker_run["proc"], killed_worker_run["out"], killed_worker_run["progress"]
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # The driver started the workers again itself, once: a lost worker is retryable (runPolicy.backoffLimit 2).
+    assert proc.stderr.count("restarting them from the latest checkpoint") == 1, proc.stderr[-3000:]
+    assert "restarting them from the latest checkpoint (1 of 2)" in proc.stderr
     figures[f"worker killed mid-step {KILL_AT_STEP} of {KILL_STEPS}: training resumed from step"] = \
         str(progress.resumed_from_step)
     assert progress.phase == "Succeeded" and progress.step == KILL_STEPS and progress.error is None

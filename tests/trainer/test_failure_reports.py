@@ -78,6 +78,8 @@ def test_out_of_memory_on_the_first_step(ray_cluster: None, tiny_model_dir: Path
                 timeout=400)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
+    # Out of memory repeats with the same settings: the workers are not started again (backoffLimit is 3).
+    assert "restarting them" not in proc.stderr
     progress = _failed(tmp_path / "oom")
     error = progress.error
     assert error is not None and error.code == "OutOfMemory" and not error.retryable

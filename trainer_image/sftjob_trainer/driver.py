@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -195,10 +195,7 @@ def _report(writer: ProgressWriter, err: TrainerError) -> None:
 
 def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, interruption: Interruption) -> RunResult:
     # Train V2 (Ray's default), named explicitly: its fit() hands back rank 0's return value.
-    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.v2.api.result import Result
 
-    from sftjob_trainer.worker import train_loop
 
     spec = ctx.job.spec
     earlier = writer.load_existing()
@@ -235,42 +232,76 @@ def _run(ctx: JobContext, writer: ProgressWriter, ray_address: str | None, inter
     if local_cluster is None:
         local_cluster = start_ray(spec, ray_address, interruption)
     config = worker_config(ctx, writer.state, prepared, tokenizer, plan, batching, reference)
-    storage_path, filesystem = checkpoint_storage(ctx.output_uri)
-    gpus = spec.compute.gpus_per_worker
-    resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
-    trainer = interruptible_trainer()(
-        train_loop,
-        train_loop_config=config,
-        scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=gpus > 0,
-                                     resources_per_worker=resources),
-        run_config=RunConfig(
-            name=run_name(ctx),
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            failure_config=FailureConfig(max_failures=spec.run_policy.backoff_limit),
-            checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpointing.keep),
-        ),
-    )
     writer.set_phase("Running", "starting Ray Train workers")
-    try:
-        # On a cluster of its own (a laptop), training gets the CPU before Ray's control plane.
-        with ControlPlanePriority() if local_cluster else contextlib.nullcontext():
-            result = cast(Result, trainer.fit())  # annotated with ray.train's V1 Result, which it is not
-    except KeyboardInterrupt:  # SIGINT or SIGTERM: run_job reports it once the workers are gone
-        trainer.abort()
-        raise
-    except Exception as err:
-        # Rank 0 has written since the driver's copy: its checkpoints (a retry resumes from the newest) and the
-        # health guard's record (a second non-finite loss is not retried) must survive the Failed report.
-        with contextlib.suppress(object_store.StorageError):
-            writer.state = writer.load_existing() or writer.state
-        found = _worker_error(err)
-        if found is not None:
-            raise found from None
-        raise TrainerError(ErrorCode.WORKER_CRASHED, f"training failed: {type(err).__name__}: {err}"[:2000]) from err
+    result = _fit(ctx, writer, config, local_cluster)
     if result.return_value is None:  # rank 0 returns its progress and exported files; fit() raised if it failed
         raise TrainerError(ErrorCode.WORKER_CRASHED, "training finished but rank 0 reported no exported files")
     return finish(job_ctx, result.return_value, writer, model_dir, config)
+
+
+def _fit(ctx: JobContext, writer: ProgressWriter, config: WorkerConfig, local_cluster: bool | None) -> Any:
+    """Train on Ray Train workers, restarting them from the latest checkpoint after a retryable failure.
+
+    The driver restarts the workers itself, up to `runPolicy.backoffLimit` times, instead of Ray Train's
+    `FailureConfig(max_failures=...)`: Ray would also restart after a failure no retry can fix (out of memory, a
+    second non-finite loss, bad data found by a worker), running the same failure again each time. A new `fit()`
+    under the same run name resumes from the checkpoints Ray registered, as Ray's own restart does.
+
+    Returns:
+        Ray Train's result of the run that finished.
+
+    Raises:
+        TrainerError: The workers' error once it is not retryable or the restarts are spent.
+        KeyboardInterrupt: SIGINT or SIGTERM, once the workers are stopped.
+    """
+    from ray.train.v2.api.config import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.v2.api.exceptions import ControllerError
+    from ray.train.v2.api.result import Result
+
+    from sftjob_trainer.worker import train_loop
+
+    spec = ctx.job.spec
+    storage_path, filesystem = checkpoint_storage(ctx.output_uri)
+    gpus = spec.compute.gpus_per_worker
+    resources = {"CPU": config.cpus_per_worker, **({"GPU": gpus} if gpus else {})}
+    limit, restarts = spec.run_policy.backoff_limit, 0
+    while True:
+        trainer = interruptible_trainer()(
+            train_loop,
+            train_loop_config=config,
+            scaling_config=ScalingConfig(num_workers=spec.compute.num_workers, use_gpu=gpus > 0,
+                                         resources_per_worker=resources),
+            run_config=RunConfig(
+                name=run_name(ctx),
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
+                failure_config=FailureConfig(max_failures=0),
+                checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpointing.keep),
+            ),
+        )
+        try:
+            # On a cluster of its own (a laptop), training gets the CPU before Ray's control plane.
+            with ControlPlanePriority() if local_cluster else contextlib.nullcontext():
+                return cast(Result, trainer.fit())  # annotated with ray.train's V1 Result, which it is not
+        except KeyboardInterrupt:  # SIGINT or SIGTERM: run_job reports it once the workers are gone
+            trainer.abort()
+            raise
+        except Exception as err:
+            # Rank 0 has written since the driver's copy: its checkpoints (a retry resumes from the newest) and the
+            # health guard's record (a second non-finite loss is not retried) must survive the Failed report.
+            with contextlib.suppress(object_store.StorageError):
+                writer.state = writer.load_existing() or writer.state
+            found = _worker_error(err) or TrainerError(
+                ErrorCode.WORKER_CRASHED, f"training failed: {type(err).__name__}: {err}"[:2000])
+            # A failure of Ray Train's controller (its own snapshot write to storage, say) ends the attempt as
+            # before: the operator's next attempt resumes from what the controller registered.
+            if not found.retryable or restarts == limit or isinstance(err, ControllerError):
+                raise found from None
+            restarts += 1
+            log.warning("the workers failed (%s: %s); restarting them from the latest checkpoint (%d of %d)",
+                        found.code, found.message, restarts, limit)
+            writer.update(force=True, message=f"restarting the workers after {found.code} ({restarts} of {limit})")
+            config = replace(config, progress=writer.state)
 
 
 def worker_config(ctx: JobContext, progress: ProgressFile, prepared: Any, tokenizer: Any, plan: Plan,
