@@ -154,6 +154,8 @@ def test_default_gpus_per_worker_without_a_gpu_exits_2_naming_the_field(tmp_path
     err = stderr.read_text()
     assert proc.returncode == 2, err[-3000:]
     assert "spec.compute.gpusPerWorker" in err and "gpusPerWorker: 0" in err and "Traceback" not in err
+    # Said before a Ray cluster was started for nothing: torch sees the GPUs that cluster would have.
+    assert "this machine has 0 GPUs but the job asks for 1 worker x 1 GPU (gpusPerWorker defaults to 1)" in err
     progress = read_progress(tmp_path / "out" / "wants-a-gpu")
     assert progress is not None and progress.phase == "Failed" and progress.error is not None
     assert (progress.error.code, progress.error.field) == (ErrorCode.UNSCHEDULABLE, "spec.compute.gpusPerWorker")

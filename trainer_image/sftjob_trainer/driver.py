@@ -31,7 +31,7 @@ from sftjob_trainer.forgetting import check_gate, reference_rows
 from sftjob_trainer.hparams import Plan
 from sftjob_trainer.interrupts import Interruption, interruptible_trainer
 from sftjob_trainer.job_context import JobContext
-from sftjob_trainer.local_ray import ControlPlanePriority, check_resources, init_ray, shutdown
+from sftjob_trainer.local_ray import ControlPlanePriority, check_gpus, check_resources, init_ray, shutdown
 from sftjob_trainer.preparation import (
     Batching,
     check_model,
@@ -345,6 +345,12 @@ def start_ray(spec: Any, ray_address: str | None, interruption: Interruption) ->
     """Join or start Ray; on a cluster started here, check that the workers fit. Returns whether it started one."""
     import ray
 
+    if spec.compute.gpus_per_worker and not (ray.is_initialized() or ray_address or os.environ.get("RAY_ADDRESS")):
+        import torch
+
+        # The cluster about to start here will have the GPUs torch sees: say so now, not after starting it.
+        check_gpus(torch.cuda.device_count(), spec.compute.num_workers, spec.compute.gpus_per_worker,
+                   "this machine")
     local_cluster = not ray.is_initialized() and init_ray(ray_address)
     interruption.install()  # again: ray.init replaced the SIGTERM handler (sftjob_trainer.interrupts)
     if local_cluster:  # Ray Train would wait for ever for workers a cluster of one machine cannot place

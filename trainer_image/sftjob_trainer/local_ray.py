@@ -99,18 +99,9 @@ def check_resources(cluster: Mapping[str, float], num_workers: int, cpus_per_wor
     Raises:
         TrainerError: `Unschedulable`, naming the field to change and the value that fits.
     """
-    gpus, cpus = int(cluster.get("GPU", 0)), int(cluster.get("CPU", 0))
+    cpus = int(cluster.get("CPU", 0))
+    check_gpus(int(cluster.get("GPU", 0)), num_workers, gpus_per_worker, "this machine's Ray cluster")
     asks = f"the job asks for {_count(num_workers, 'worker')} x"
-    if num_workers * gpus_per_worker > gpus:
-        fits = gpus // gpus_per_worker
-        fixes = [f"spec.compute.numWorkers: {fits}"] if fits else []
-        fixes.append("spec.compute.gpusPerWorker: 0 to train on CPU")
-        raise TrainerError(
-            ErrorCode.UNSCHEDULABLE,
-            f"this machine's Ray cluster has {_count(gpus, 'GPU')} but {asks} {_count(gpus_per_worker, 'GPU')}"
-            f"{' (gpusPerWorker defaults to 1)' if gpus_per_worker == 1 else ''}: set {' or '.join(fixes)}",
-            "spec.compute.gpusPerWorker",
-        )
     if num_workers * cpus_per_worker > cpus:
         raise TrainerError(
             ErrorCode.UNSCHEDULABLE,
@@ -118,6 +109,32 @@ def check_resources(cluster: Mapping[str, float], num_workers: int, cpus_per_wor
             f": set spec.compute.numWorkers: {max(1, cpus // cpus_per_worker)}",
             "spec.compute.numWorkers",
         )
+
+
+def check_gpus(gpus: int, num_workers: int, gpus_per_worker: int, where: str) -> None:
+    """Fail when `gpus` cannot hold the workers' GPUs (`check_resources`; before a local cluster starts, too).
+
+    Args:
+        gpus: The GPUs there are.
+        num_workers: `spec.compute.numWorkers`.
+        gpus_per_worker: `spec.compute.gpusPerWorker`.
+        where: What has them, for the message (e.g. "this machine's Ray cluster").
+
+    Raises:
+        TrainerError: `Unschedulable`, naming `spec.compute.gpusPerWorker` and the values that fit.
+    """
+    if num_workers * gpus_per_worker <= gpus:
+        return
+    fits = gpus // gpus_per_worker
+    fixes = [f"spec.compute.numWorkers: {fits}"] if fits else []
+    fixes.append("spec.compute.gpusPerWorker: 0 to train on CPU")
+    raise TrainerError(
+        ErrorCode.UNSCHEDULABLE,
+        f"{where} has {_count(gpus, 'GPU')} but the job asks for {_count(num_workers, 'worker')} x "
+        f"{_count(gpus_per_worker, 'GPU')}{' (gpusPerWorker defaults to 1)' if gpus_per_worker == 1 else ''}: "
+        f"set {' or '.join(fixes)}",
+        "spec.compute.gpusPerWorker",
+    )
 
 
 def shutdown(grace_s: float = SHUTDOWN_GRACE_S) -> None:
