@@ -10,6 +10,7 @@ import datetime as dt
 from typing import Any
 
 import pytest
+from status_cases import rayjob
 
 from sftjob_api.codes import ErrorCode, Reason
 from sftjob_api.progress import ProgressFile
@@ -75,15 +76,6 @@ def at(seconds: float) -> dt.datetime:
 
 def stamp(moment: dt.datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def rayjob(deployment: str = "", job_status: str = "", *, suspend: bool = False, **status: Any) -> dict[str, Any]:
-    ray_status = {"jobDeploymentStatus": deployment, "jobStatus": job_status, **status}
-    return {
-        "metadata": {"name": "j-a1"},
-        "spec": {"suspend": suspend},
-        "status": {k: v for k, v in ray_status.items() if v},
-    }
 
 
 def created(the_job: SFTJob) -> SFTJobStatus:
