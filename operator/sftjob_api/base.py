@@ -71,13 +71,16 @@ class ApiModel(BaseModel):
 # The same URI rules for the API server: a pattern (RE2) and a CEL rule per string type.
 _S3 = r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?"
 _HF = r"hf://[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9_.-]+(@[A-Za-z0-9_./-]+)?"
-_NO_PARENT = {"rule": r"!self.matches('(^|/)[.][.](/|$)')", "message": "must not contain '..' path segments"}
+# A job's paths and keys stay below what they name (no escaping an output prefix or a mounted folder).
+NO_PARENT_MESSAGE = ("must not contain '..' path segments: write the path without them (an absolute path, or one "
+                     "below the job file's folder)")
+_NO_PARENT = {"rule": r"!self.matches('(^|/)[.][.](/|$)')", "message": NO_PARENT_MESSAGE}
 _SEGMENT_ESCAPE = re.compile(r"(^|/)\.\.(/|$)")
 
 
 def _no_parent_segments(value: str) -> str:
     if _SEGMENT_ESCAPE.search(value):
-        raise ValueError("must not contain '..' path segments")
+        raise ValueError(NO_PARENT_MESSAGE)
     return value
 
 

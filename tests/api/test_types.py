@@ -89,3 +89,13 @@ def test_the_result_travels_from_progress_json_into_a_status_the_crd_accepts() -
 
 def test_forgetting_exceeded_is_never_retried() -> None:
     assert ErrorCode.FORGETTING_EXCEEDED == "ForgettingExceeded" and ErrorCode.FORGETTING_EXCEEDED in NOT_RETRYABLE
+
+
+def test_a_parent_segment_is_refused_with_what_to_write_instead() -> None:
+    from sftjob_api.types import ModelSpec
+
+    with pytest.raises(ValidationError) as refused:
+        ModelSpec(source="../sftjob/demo/model.gguf")
+    assert ("must not contain '..' path segments: write the path without them (an absolute path, or one below the "
+            "job file's folder)") in str(refused.value)
+    assert ModelSpec(source="/abs/demo/model.gguf").source == "/abs/demo/model.gguf"
