@@ -163,9 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         print("--write-results needs the install timed: drop --skip-install", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))  # run as a script: make `bench` importable
+    from bench.machine import device_name, versions
     from bench.ray_overhead import PROGRESS_INTERVAL_S, isolate, observe
     from bench.results import RESULTS, write_section
-    from bench.train_throughput import _device, _versions
 
     isolation = isolate() if args.isolate else "not isolated"
     work = args.out.resolve()
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join([*lines, "", *summary, "", *scores]))
     if args.write_results:
         write_section(RESULTS, SECTION, "bench/demo_timing.py", [
-            f"Machine: {_device()}; {_versions()}; Python {platform.python_version()}; {isolation}.",
+            f"Machine: {device_name()}; {versions()}; Python {platform.python_version()}; {isolation}.",
             "`make demo`'s steps one by one in a scratch directory: install into a fresh venv (pip cache warm), a "
             "cold model cache (the GGUF conversion timed) and data cache. `sftjob run` split by polling "
             "progress.json and by file mtimes; the worker's model load timed apart (see bench/demo_timing.py).",

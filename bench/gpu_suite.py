@@ -282,7 +282,7 @@ def quick_cpu_peak() -> float:
     Smaller and quicker than train_throughput's default shapes (~20 s on 2 busy cores): on CPU the
     suite only proves that its code runs and measures.
     """
-    from bench.train_throughput import matmul_peak
+    from bench.machine import matmul_peak
 
     return matmul_peak(((1024, 5),))  # one 1024² product, 5 repetitions
 
@@ -333,7 +333,7 @@ def run_suite(out: Path, tiny_shapes: bool, write_results: bool, checkpointing: 
     import importlib.util
 
     import torch
-    from bench.train_throughput import H100_BF16_PEAK, _device, _versions
+    from bench.machine import H100_BF16_PEAK, device_name, versions
 
     cuda = torch.cuda.is_available()
     if not cuda and not tiny_shapes:
@@ -380,7 +380,7 @@ def run_suite(out: Path, tiny_shapes: bool, write_results: bool, checkpointing: 
         if isinstance(row, str):
             print(f"{key}: {row}")
     lines = table(results, peak)
-    device = _device()
+    device = device_name()
     print(f"device: {device}; peak {peak / 1e12:.3f} TFLOP/s")
     print("\n".join(lines))
     if write_results:
@@ -389,7 +389,7 @@ def run_suite(out: Path, tiny_shapes: bool, write_results: bool, checkpointing: 
             return 0
         first = next(r for _, r in results if isinstance(r, dict))
         _write_section(HERE / "RESULTS.md", [
-            f"Device: {device}; {_versions()}; Python {sys.version.split()[0]}.",
+            f"Device: {device}; {versions()}; Python {sys.version.split()[0]}.",
             f"Data: {stats}; maxSeqLength {scale.seq}, {scale.batch} examples packed per step (one padding-free "
             f"row), {scale.steps} steps of which the first {scale.warmup} are not timed; precision "
             f"{first['precision']}, gradient checkpointing {first['checkpointing']}.",

@@ -158,8 +158,9 @@ def run(out: Path, scale: str, methods: list[str], rounds: int, write_results: b
     Returns:
         0; 1 when a comparison was unfair (see `disagreements`); 2 when a run failed or the arguments are wrong.
     """
+    from bench.machine import device_name, versions
     from bench.results import RESULTS, write_section
-    from bench.train_throughput import _device, _versions, fresh_process
+    from bench.train_throughput import fresh_process
 
     unknown = sorted(set(methods) - set(METHODS))
     if unknown or rounds < 1:
@@ -190,7 +191,7 @@ def run(out: Path, scale: str, methods: list[str], rounds: int, write_results: b
         print("--write-results: only a run at --scale full writes bench/RESULTS.md", file=sys.stderr)
     elif write_results:
         write_section(RESULTS, SECTION, "bench/train_throughput.py --model smollm2", [
-            f"Machine: {_device()}; {_versions()}; Python {platform.python_version()}.",
+            f"Machine: {device_name()}; {versions()}; Python {platform.python_version()}.",
             f"Model: SmolLM2-135M-Instruct (Q4_1 GGUF, dequantised to fp32 by sftjob). Data: the demo's order "
             f"extraction, {stats}. {rounds} round(s), A and ours alternating, each run a fresh process; "
             f"lr {LR['lora']:g} (LoRA r 16), {LR['full']:g} (full).",

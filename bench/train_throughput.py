@@ -56,31 +56,6 @@ LOSS_TOLERANCE = 0.02
 CHATS_FILE = "train_chats.jsonl"
 # LoRA of both sides: the demo job's (examples/quickstart.yaml) on every linear layer, sftjob's default targets.
 LORA = {"r": 16, "alpha": 32, "dropout": 0.0}
-# H100 SXM dense bf16 peak from NVIDIA's datasheet, FLOP/s.
-H100_BF16_PEAK = 989e12
-
-
-# Square matmuls of the CPU peak: (size, repetitions); large enough to reach the BLAS kernel's plateau.
-PEAK_SHAPES = ((2048, 5), (4096, 2))
-
-
-def matmul_peak(shapes: tuple[tuple[int, int], ...] = PEAK_SHAPES) -> float:
-    """Best dense fp32 matmul throughput of this CPU in FLOP/s over `shapes` ((size, repetitions) pairs)."""
-    import torch
-
-    torch.manual_seed(0)
-    best = 0.0
-    for n, reps in shapes:
-        a, b = torch.randn(n, n), torch.randn(n, n)
-        torch.mm(a, b)
-        for _ in range(3):
-            start = time.perf_counter()
-            for _ in range(reps):
-                torch.mm(a, b)
-            best = max(best, 2 * n**3 * reps / (time.perf_counter() - start))
-    return best
-
-
 class Counter:
     """Wraps a collator and counts exactly what the model is fed."""
 
@@ -267,24 +242,6 @@ def useful_mfu(row: dict[str, Any], peak: float) -> tuple[float, float]:
     return linear / peak, attention / (linear + attention)
 
 
-def _versions() -> str:
-    import torch
-    import transformers
-    import trl
-
-    return f"torch {torch.__version__}, transformers {transformers.__version__}, trl {trl.__version__}"
-
-
-def _device() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name(0)
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else ""
-    return f"{model or platform.machine()} CPU, {torch.get_num_threads()} threads"
-
-
 def _table(rows: list[dict[str, Any]], peak: float) -> list[str]:
     lines = ["| config | steps | trained tok/s | all tok/s | padding | peak mem MB | train loss | held-out loss "
              "| grad norm | useful MFU | attention share |", "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -300,6 +257,7 @@ def _table(rows: list[dict[str, Any]], peak: float) -> list[str]:
 
 def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     import matplotlib
+    from bench.machine import device_name
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -309,7 +267,7 @@ def _plot(rows: list[dict[str, Any]], path: Path) -> None:
     values = [r["trained_tok_s"] for r in rows]
     ax.bar(names, values, color=["#999"] * (len(rows) - 1) + ["#2a7"])
     ax.set_ylabel("trained tokens / s")
-    ax.set_title(f"SFT throughput, one run ({_device()})", fontsize=9)
+    ax.set_title(f"SFT throughput, one run ({device_name()})", fontsize=9)
     for i, v in enumerate(values):
         ax.text(i, v, f"{v:.0f}", ha="center", va="bottom", fontsize=8)
     fig.tight_layout()
@@ -372,6 +330,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sys.path.insert(0, str(HERE.parent))  # run as a script: make `bench` importable
     from bench import assets as asset_builder
+    from bench.machine import H100_BF16_PEAK, device_name, matmul_peak, versions
 
     if not (assets / "eval.jsonl").exists():
         stats = asset_builder.build(assets, args.scale)
@@ -407,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         lines = [
             "# Training throughput (written by bench/train_throughput.py; do not edit)",
             "",
-            f"Machine: {_device()}; {_versions()}; Python {platform.python_version()}.",
+            f"Machine: {device_name()}; {versions()}; Python {platform.python_version()}.",
             f"Data: {stats}. Peak: {peak / 1e9:.1f} GFLOP/s "
             f"({'datasheet bf16' if _cuda() else 'dense fp32 matmul measured in the same run'}).",
             "Useful MFU = 6·N·(non-pad tokens/s) / peak; attention share = useful causal attention FLOPs "
