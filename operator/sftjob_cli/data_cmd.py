@@ -171,7 +171,12 @@ def check_job_datasets(documents: list[YamlDocument], name: str) -> tuple[list[s
         if not report.errors:
             fallback = " (byte-level token counts)" if isinstance(tokenizer, ByteTokenizer) else ""
             mix = "".join(f"; {s.name} {s.train_examples} ({s.proportion:.1%})" for s in report.sources)
-            notes.append(f"{name}: dataset {described}: {report.format}, {report.train_examples} examples, "
+            # Rows the checks, filters and de-duplication dropped: a user who counted the file's lines sees why
+            # the examples are fewer.
+            dropped = ", ".join(f"{count} {reason.replace('_', ' ')}"
+                                for reason, count in sorted(report.dropped.items()))
+            notes.append(f"{name}: dataset {described}: {report.format}, {report.train_examples} examples"
+                         f"{f' (dropped: {dropped})' if dropped else ''}, "
                          f"{report.trainable_tokens} trainable tokens{fallback}{mix}")
         for error in report.errors:
             if error.get("line") is None and str(error.get("field") or "").startswith("dataset."):

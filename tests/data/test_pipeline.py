@@ -211,6 +211,31 @@ spec:
     assert "Traceback" not in result.stderr
 
 
+def test_validate_says_how_many_rows_each_filter_dropped(tmp_path: Path, run_cli: CliRunner,
+                                                         tiny_model_dir: Path) -> None:
+    # 5 distinct rows, 3 exact duplicates of the first and 1 with an empty answer: 5 examples are left.
+    rows = [chat_row(f"question {n}", f"answer {n}") for n in range(5)]
+    write_jsonl(tmp_path / "train.jsonl", rows + [rows[0]] * 3 + [chat_row("q", "   ")])
+    job = tmp_path / "job.yaml"
+    job.write_text(f"""apiVersion: sftjob.dev/v1alpha1
+kind: SFTJob
+metadata:
+  name: with-duplicates
+spec:
+  model:
+    source: {tiny_model_dir}
+  dataset:
+    train:
+      uri: train.jsonl
+    maxDroppedFraction: 0.5
+  output:
+    uri: {tmp_path / 'out'}
+""", encoding="utf-8")
+    result = run_cli("validate", str(job))
+    assert result.returncode == 0, result.stderr
+    assert "dataset train.jsonl: messages, 5 examples (dropped: 3 duplicate, 1 empty response), " in result.stderr
+
+
 def test_when_every_row_is_dropped_the_error_names_the_lines_and_reasons(tmp_path: Path) -> None:
     rows = [chat_row("a" * 200, "b" * 100), chat_row("q", "  "), chat_row("x" * 300, "y" * 100),
             {"messages": [{"role": "user", "content": "no reply"}]}, chat_row("q", "  ")]
