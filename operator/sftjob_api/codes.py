@@ -83,18 +83,6 @@ class ErrorCode(StrEnum):
     """The attempt's RayJob was deleted by someone other than the operator while the attempt ran (the operator
     deletes RayJobs only of jobs that end). The next attempt resumes from the latest checkpoint."""
 
-    @property
-    def retryable(self) -> bool | None:
-        """Whether another attempt may succeed: True, False, or None where the reporter decides.
-
-        None for OutOfMemory (`runPolicy.retryOnOutOfMemory` decides) and NonFiniteLoss (the trainer's flag).
-        """
-        if self in RETRYABLE:
-            return True
-        if self in NOT_RETRYABLE:
-            return False
-        return None
-
 
 RETRYABLE: frozenset[ErrorCode] = frozenset(
     {

@@ -186,23 +186,29 @@ def test_inspect_human_output(run_cli: CliRunner, tiny_model_dir: Path) -> None:
     assert report["rows"] == 3 and report["errors"] == [] and 0 < report["trainable_tokens"] < report["tokens"]
 
 
-def test_validate_checks_a_readable_dataset(tmp_path: Path, run_cli: CliRunner, tiny_model_dir: Path) -> None:
-    write_jsonl(tmp_path / "train.jsonl", [chat_row("q", "   ")] * 2 + [chat_row("q2", "a")])
-    job = tmp_path / "job.yaml"
+def write_job(directory: Path, name: str, model: Path) -> Path:
+    """A job over `directory`/train.jsonl (relative to the job file) that tolerates half its rows dropped."""
+    job = directory / "job.yaml"
     job.write_text(f"""apiVersion: sftjob.dev/v1alpha1
 kind: SFTJob
 metadata:
-  name: mostly-empty
+  name: {name}
 spec:
   model:
-    source: {tiny_model_dir}
+    source: {model}
   dataset:
     train:
       uri: train.jsonl
     maxDroppedFraction: 0.5
   output:
-    uri: {tmp_path / 'out'}
+    uri: {directory / 'out'}
 """, encoding="utf-8")
+    return job
+
+
+def test_validate_checks_a_readable_dataset(tmp_path: Path, run_cli: CliRunner, tiny_model_dir: Path) -> None:
+    write_jsonl(tmp_path / "train.jsonl", [chat_row("q", "   ")] * 2 + [chat_row("q2", "a")])
+    job = write_job(tmp_path, "mostly-empty", tiny_model_dir)
     result = run_cli("validate", str(job))
     assert result.returncode == 2
     # The share of dropped rows is a property of the data as a whole: it points at the governing setting.
@@ -216,21 +222,7 @@ def test_validate_says_how_many_rows_each_filter_dropped(tmp_path: Path, run_cli
     # 5 distinct rows, 3 exact duplicates of the first and 1 with an empty answer: 5 examples are left.
     rows = [chat_row(f"question {n}", f"answer {n}") for n in range(5)]
     write_jsonl(tmp_path / "train.jsonl", rows + [rows[0]] * 3 + [chat_row("q", "   ")])
-    job = tmp_path / "job.yaml"
-    job.write_text(f"""apiVersion: sftjob.dev/v1alpha1
-kind: SFTJob
-metadata:
-  name: with-duplicates
-spec:
-  model:
-    source: {tiny_model_dir}
-  dataset:
-    train:
-      uri: train.jsonl
-    maxDroppedFraction: 0.5
-  output:
-    uri: {tmp_path / 'out'}
-""", encoding="utf-8")
+    job = write_job(tmp_path, "with-duplicates", tiny_model_dir)
     result = run_cli("validate", str(job))
     assert result.returncode == 0, result.stderr
     assert "dataset train.jsonl: messages, 5 examples (dropped: 3 duplicate, 1 empty response), " in result.stderr
